@@ -1,0 +1,241 @@
+"""The event store: eventsourcing's PostgreSQL recorder, with Rapport's rows in its transaction.
+
+One `insert_events` call writes, in ONE transaction: the new domain events, the consumed
+offset of every Kafka partition in the batch (eventsourcing tracking records, one per
+partition), the `event_id` index used to recognise duplicates, and the dead letters.
+A crash at any instant leaves either all of it or none of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application, Cache, LRUCache
+from eventsourcing.persistence import StoredEvent, Tracking
+from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
+from psycopg.sql import SQL, Identifier
+
+from domain.customer import Customer
+
+APPLICATION_NAME = "Rapport"  # tables rapport_events, rapport_tracking
+
+
+@dataclass(frozen=True)
+class EventIdRow:
+    """One entry of the `event_id` index: which content an `event_id` was first recorded with."""
+
+    event_id: str
+    fingerprint: str
+    originator_id: UUID
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class DeadLetterRow:
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    key: bytes | None
+    value: bytes
+
+
+def kafka_position_name(topic: str, partition: int) -> str:
+    """Tracking name of one Kafka partition: its notification_id is the last offset consumed."""
+    return f"kafka:{topic}:{partition}"
+
+
+class InteractionRecorder(PostgresProcessRecorder):
+    """Adds Kafka positions, the `event_id` index and dead letters to the events' transaction."""
+
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        schema = Identifier(self.datastore.schema)
+        self.event_ids_table = SQL("{}.rapport_event_ids").format(schema)
+        self.dead_letters_table = SQL("{}.rapport_dead_letters").format(schema)
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                "event_id text PRIMARY KEY, fingerprint text NOT NULL, originator_id uuid NOT NULL, "
+                "source_topic text NOT NULL, source_partition int NOT NULL, source_offset bigint NOT NULL, "
+                "recorded_at timestamptz NOT NULL DEFAULT now())"
+            ).format(self.event_ids_table),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                "source_topic text NOT NULL, source_partition int NOT NULL, source_offset bigint NOT NULL, "
+                "reason text NOT NULL, message_key bytea, message_value bytea NOT NULL, "
+                "recorded_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (source_topic, source_partition, source_offset))"
+            ).format(self.dead_letters_table),
+        ]
+
+    def _insert_events(
+        self,
+        curs: Any,
+        stored_events: Sequence[StoredEvent],
+        *,
+        positions: Sequence[Tracking] = (),
+        event_ids: Sequence[EventIdRow] = (),
+        dead_letters: Sequence[DeadLetterRow] = (),
+        **kwargs: Any,
+    ) -> None:
+        # Each tracking upsert raises IntegrityError unless its offset moves forward, so a
+        # consumer that lost its partitions to another one cannot write the same batch twice.
+        for position in positions:
+            self._insert_tracking(curs, position)
+        if event_ids:
+            curs.executemany(
+                SQL(
+                    "INSERT INTO {} (event_id, fingerprint, originator_id, source_topic, "
+                    "source_partition, source_offset) VALUES (%s, %s, %s, %s, %s, %s)"
+                ).format(self.event_ids_table),
+                [(r.event_id, r.fingerprint, r.originator_id, r.topic, r.partition, r.offset) for r in event_ids],
+            )
+        if dead_letters:
+            curs.executemany(
+                SQL(
+                    "INSERT INTO {} (source_topic, source_partition, source_offset, reason, "
+                    "message_key, message_value) VALUES (%s, %s, %s, %s, %s, %s)"
+                ).format(self.dead_letters_table),
+                [(d.topic, d.partition, d.offset, d.reason, d.key, d.value) for d in dead_letters],
+            )
+        super()._insert_events(curs, stored_events, **kwargs)
+
+    def known_event_ids(self, event_ids: Iterable[str]) -> dict[str, EventIdRow]:
+        """The index entries of those `event_id`s already recorded."""
+        ids = list(set(event_ids))
+        if not ids:
+            return {}
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "SELECT event_id, fingerprint, originator_id, source_topic, source_partition, "
+                    "source_offset FROM {} WHERE event_id = ANY(%s)"
+                ).format(self.event_ids_table),
+                (ids,),
+            )
+            return {
+                row["event_id"]: EventIdRow(
+                    row["event_id"], row["fingerprint"], row["originator_id"], row["source_topic"],
+                    row["source_partition"], row["source_offset"],
+                )
+                for row in curs.fetchall()
+            }
+
+    def kafka_positions(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """Last consumed offset of each partition that has one."""
+        names = {kafka_position_name(topic, p): p for p in partitions}
+        if not names:
+            return {}
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                SQL("SELECT application_name, notification_id FROM {}.{} WHERE application_name = ANY(%s)").format(
+                    Identifier(self.datastore.schema), Identifier(self.tracking_table_name)
+                ),
+                (list(names),),
+            )
+            return {names[row["application_name"]]: row["notification_id"] for row in curs.fetchall()}
+
+    def select_streams(self, originator_ids: Iterable[UUID]) -> dict[UUID, list[StoredEvent]]:
+        """Every stored event of several aggregates, in one round trip."""
+        ids = list(set(originator_ids))
+        streams: dict[UUID, list[StoredEvent]] = {}
+        if not ids:
+            return streams
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "SELECT originator_id, originator_version, topic, state FROM {}.{} "
+                    "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+                ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name)),
+                (ids,),
+            )
+            for row in curs.fetchall():
+                streams.setdefault(row["originator_id"], []).append(
+                    StoredEvent(row["originator_id"], row["originator_version"], row["topic"], bytes(row["state"]))
+                )
+        return streams
+
+
+class InteractionLog(Application[UUID]):
+    """The system of record: every customer's interactions, kept forever in PostgreSQL."""
+
+    name = APPLICATION_NAME
+
+    def construct_recorder(self) -> InteractionRecorder:  # type: ignore[override]
+        factory = self.factory
+        if not isinstance(factory, PostgresFactory):
+            # eventsourcing falls back to an in-memory store: everything would vanish at exit.
+            raise RuntimeError(
+                "the event store must be PostgreSQL; set PERSISTENCE_MODULE=eventsourcing.postgres "
+                "(services.bootstrap does this from RAPPORT_DATABASE_URL)"
+            )
+        recorder = InteractionRecorder(
+            factory.datastore,
+            events_table_name=f"{self.name.lower()}_events",
+            tracking_table_name=f"{self.name.lower()}_tracking",
+        )
+        if factory.env_create_table():
+            recorder.create_table()
+        return recorder
+
+    @property
+    def interactions(self) -> InteractionRecorder:
+        assert isinstance(self.recorder, InteractionRecorder)
+        return self.recorder
+
+    def load_customers(self, customer_ids: Iterable[UUID]) -> dict[UUID, Customer]:
+        """Customers by id: cached ones, then every miss in one query. New ids are absent."""
+        cache = self.repository.cache
+        found: dict[UUID, Customer] = {}
+        misses: list[UUID] = []
+        for customer_id in set(customer_ids):
+            try:
+                found[customer_id] = cache.get(customer_id)  # type: ignore[union-attr]
+            except (KeyError, AttributeError):
+                misses.append(customer_id)
+        for customer_id, stored in self.interactions.select_streams(misses).items():
+            customer: Customer | None = None
+            for stored_event in stored:
+                customer = self.mapper.to_domain_event(stored_event).mutate(customer)  # type: ignore[attr-defined]
+            assert customer is not None
+            found[customer_id] = customer
+            if cache is not None:
+                cache.put(customer_id, customer)
+        return found
+
+    def forget_cached_customers(self) -> None:
+        """After a failed save, cached aggregates may hold events that were never stored."""
+        cache = self.repository.cache
+        if isinstance(cache, LRUCache):
+            self.repository.cache = LRUCache(maxsize=cache.maxsize)
+        elif cache is not None:
+            self.repository.cache = Cache()
+
+
+def store_env(database: Mapping[str, str], cache_size: int) -> dict[str, str]:
+    """The eventsourcing environment for Rapport's event store, built from Rapport's settings."""
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": database["dbname"],
+        "POSTGRES_HOST": database["host"],
+        "POSTGRES_PORT": database["port"],
+        "POSTGRES_USER": database["user"],
+        "POSTGRES_PASSWORD": database["password"],
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_POOL_SIZE": "2",
+        "POSTGRES_MAX_OVERFLOW": "4",
+        "POSTGRES_LOCK_TIMEOUT": "30",
+        # A big batch takes a while to build between statements: don't let the server kill it.
+        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "60",
+        "AGGREGATE_CACHE_MAXSIZE": str(cache_size) if cache_size > 0 else "",
+        # One writer per partition: the cache is kept current by our own saves, and a stale
+        # entry (partition moved) fails the version check and is dropped, so no re-reads.
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+    }

@@ -1,0 +1,298 @@
+"""Ingest: Kafka topic `interactions` → the event store, exactly once.
+
+Delivery guarantee: exactly-once into the event store. Each poll's messages become ONE
+PostgreSQL transaction holding the new events and every consumed partition's offset; on
+start and on every rebalance the consumer seeks to the offsets stored there, and Kafka's
+own committed offsets are never used (auto-commit is off). A crash before the commit
+re-reads the batch; a crash after it resumes right after it.
+Dead letters: at-least-once to `interactions.dlq` (published before the commit, so a crash
+in between publishes them again; headers name the source partition and offset, which
+identify such repeats), and exactly-once into the `rapport_dead_letters` table.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError, Tracking
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+from consumers.event_store import DeadLetterRow, EventIdRow, InteractionLog, kafka_position_name
+from domain.contract import Envelope, InvalidEvent, parse_envelope
+from domain.customer import Customer, customer_id_for
+
+log = logging.getLogger("rapport.ingest")
+
+ERROR_HEADER = "rapport-error"
+
+
+@dataclass
+class IngestStats:
+    """Running totals, for the throughput log line and for callers that wait on progress."""
+
+    messages: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    retried_batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    record: Any
+    envelope: Envelope
+    fingerprint: str
+
+
+def dead_letter_headers(record: Any, reason: str) -> list[tuple[str, bytes]]:
+    """The original headers plus contract §1's four `rapport-*` headers."""
+    return list(record.headers or []) + [
+        (ERROR_HEADER, reason.encode()),
+        ("rapport-source-topic", record.topic.encode()),
+        ("rapport-source-partition", str(record.partition).encode()),
+        ("rapport-source-offset", str(record.offset).encode()),
+    ]
+
+
+class DeadLetterPublisher:
+    """Writes rejected messages, original bytes unchanged, to the dead-letter topic."""
+
+    def __init__(self, producer: KafkaProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    def publish(self, rejected: Sequence[tuple[Any, str]]) -> None:
+        """Send and wait for the broker's acknowledgement of every one (raises if any fails)."""
+        futures = [
+            self.producer.send(self.topic, key=record.key, value=record.value or b"",
+                               headers=dead_letter_headers(record, reason))
+            for record, reason in rejected
+        ]
+        self.producer.flush()
+        for future in futures:
+            future.get(timeout=30)
+
+
+class IngestConsumer:
+    """One member of the ingest consumer group; run several to split the partitions."""
+
+    def __init__(
+        self,
+        store: InteractionLog,
+        consumer: KafkaConsumer,
+        dead_letters: DeadLetterPublisher,
+        topic: str,
+        poll_timeout_ms: int = 500,
+        max_poll_records: int = 5000,
+        log_every_seconds: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.consumer = consumer
+        self.dead_letters = dead_letters
+        self.topic = topic
+        self.poll_timeout_ms = poll_timeout_ms
+        self.max_poll_records = max_poll_records
+        self.log_every_seconds = log_every_seconds
+        self.stats = IngestStats()
+        self._logged = IngestStats()
+
+    # -- positions -----------------------------------------------------------------------
+    def seek_to_stored_positions(self, partitions: Iterable[TopicPartition]) -> None:
+        """Continue right after the last offset recorded in the event store (or from the start)."""
+        partitions = [tp for tp in partitions if tp.topic == self.topic]
+        stored = self.store.interactions.kafka_positions(self.topic, [tp.partition for tp in partitions])
+        for tp in partitions:
+            if tp.partition in stored:
+                self.consumer.seek(tp, stored[tp.partition] + 1)
+            else:
+                self.consumer.seek_to_beginning(tp)
+        if partitions:
+            log.info("assigned %s; resuming at %s", sorted(tp.partition for tp in partitions),
+                     {p: o + 1 for p, o in sorted(stored.items())} or "the beginning")
+
+    def subscribe(self) -> None:
+        ingest = self
+
+        class SeekOnAssign(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                pass  # nothing in flight: every batch is committed before the next poll
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                ingest.seek_to_stored_positions(assigned)
+
+        self.consumer.subscribe([self.topic], listener=SeekOnAssign())
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Poll and store until `stop` is set (SIGTERM sets it); then close cleanly."""
+        self.subscribe()
+        try:
+            while not stop.is_set():
+                self.poll_once()
+                self._maybe_log()
+        finally:
+            self._log_totals()
+            self.consumer.close(autocommit=False)
+            self.dead_letters.producer.close(timeout=10)
+
+    def poll_once(self) -> int:
+        batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+        records = [record for tp in sorted(batch, key=lambda tp: tp.partition) for record in batch[tp]]
+        if not records:
+            return 0
+        try:
+            self.process(records)
+        except IntegrityError as error:
+            # Another member wrote these offsets or customers (a rebalance, a stale cache):
+            # nothing of this batch was stored; forget cached state and re-read from the store.
+            self.stats.retried_batches += 1
+            log.warning("batch not stored (%s); re-reading from the stored positions", error)
+            self.store.forget_cached_customers()
+            self.seek_to_stored_positions(self.consumer.assignment())
+        return len(records)
+
+    def process(self, records: Sequence[Any]) -> None:
+        """Validate, deduplicate, apply to customers, dead-letter, then store all in one transaction."""
+        rejected: list[tuple[Any, str]] = []
+        candidates: list[_Accepted] = []
+        for record in records:
+            if record.value is None:
+                rejected.append((record, "message has no value (a tombstone); an event needs a JSON object"))
+                continue
+            try:
+                envelope = parse_envelope(record.value)
+            except InvalidEvent as invalid:
+                rejected.append((record, invalid.reason))
+                continue
+            candidates.append(_Accepted(record, envelope, envelope.fingerprint()))
+
+        accepted, duplicates, conflicts = self._deduplicate(candidates)
+        rejected += conflicts
+
+        customers = self._apply(accepted)
+        if rejected:
+            self.dead_letters.publish(rejected)
+        last_offsets: dict[int, int] = {}
+        for record in records:
+            last_offsets[record.partition] = max(last_offsets.get(record.partition, -1), record.offset)
+        self.store.save(
+            *customers,
+            positions=[Tracking(kafka_position_name(self.topic, p), o) for p, o in sorted(last_offsets.items())],
+            event_ids=[
+                EventIdRow(a.envelope.event_id, a.fingerprint, customer_id_for(a.envelope.customer_key),
+                           a.record.topic, a.record.partition, a.record.offset)
+                for a in accepted
+            ],
+            dead_letters=[
+                DeadLetterRow(r.topic, r.partition, r.offset, reason, r.key, r.value or b"") for r, reason in rejected
+            ],
+        )
+        self.stats.messages += len(records)
+        self.stats.stored += len(accepted)
+        self.stats.duplicates += duplicates
+        self.stats.dead_lettered += len(rejected)
+        self.stats.batches += 1
+
+    def _deduplicate(
+        self, candidates: list[_Accepted]
+    ) -> tuple[list[_Accepted], int, list[tuple[Any, str]]]:
+        """Split into new events, ignored duplicates and conflicting re-uses of an `event_id`."""
+        known = self.store.interactions.known_event_ids(c.envelope.event_id for c in candidates)
+        first_seen: dict[str, tuple[str, str]] = {
+            event_id: (row.fingerprint, f"{row.topic}/{row.partition}@{row.offset}") for event_id, row in known.items()
+        }
+        accepted: list[_Accepted] = []
+        conflicts: list[tuple[Any, str]] = []
+        duplicates = 0
+        for candidate in candidates:
+            event_id = candidate.envelope.event_id
+            prior = first_seen.get(event_id)
+            if prior is None:
+                first_seen[event_id] = (
+                    candidate.fingerprint,
+                    f"{candidate.record.topic}/{candidate.record.partition}@{candidate.record.offset}",
+                )
+                accepted.append(candidate)
+            elif prior[0] == candidate.fingerprint:
+                duplicates += 1
+            else:
+                conflicts.append((
+                    candidate.record,
+                    f"conflict: event_id {event_id!r} was already recorded with different content "
+                    f"(first from {prior[1]}); the event store keeps the first; "
+                    "send a correction as a new event with its own event_id",
+                ))
+        return accepted, duplicates, conflicts
+
+    def _apply(self, accepted: Sequence[_Accepted]) -> list[Customer]:
+        """Record each new event on its customer, in the order the messages came."""
+        ids: dict[str, UUID] = {a.envelope.customer_key: customer_id_for(a.envelope.customer_key) for a in accepted}
+        customers = self.store.load_customers(ids.values())
+        touched: dict[UUID, Customer] = {}
+        for item in accepted:
+            customer_id = ids[item.envelope.customer_key]
+            customer = customers.get(customer_id)
+            if customer is None:
+                customer = customers[customer_id] = Customer(item.envelope.customer_key)
+            customer.record(item.envelope)
+            touched[customer_id] = customer
+        return list(touched.values())
+
+    # -- logging -------------------------------------------------------------------------
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._logged.started
+        if elapsed < self.log_every_seconds:
+            return
+        stored = self.stats.stored - self._logged.stored
+        if self.stats.messages != self._logged.messages:
+            log.info(
+                "stored %d events in %.1f s (%.0f events/s); totals: %d messages, %d stored, "
+                "%d duplicates ignored, %d dead-lettered",
+                stored, elapsed, stored / elapsed, self.stats.messages, self.stats.stored,
+                self.stats.duplicates, self.stats.dead_lettered,
+            )
+        self._logged = IngestStats(**{**self.stats.__dict__, "started": now})
+
+    def _log_totals(self) -> None:
+        log.info(
+            "stopping: %d messages, %d events stored, %d duplicates ignored, %d dead-lettered, %d batches retried",
+            self.stats.messages, self.stats.stored, self.stats.duplicates, self.stats.dead_lettered,
+            self.stats.retried_batches,
+        )
+
+
+def kafka_consumer(servers: list[str], group_id: str, max_poll_records: int, **overrides: Any) -> KafkaConsumer:
+    """A consumer tuned for big batches; offsets are ours to keep, so auto-commit is off."""
+    return KafkaConsumer(
+        bootstrap_servers=servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        max_poll_interval_ms=600_000,
+        client_id="rapport-ingest",
+        **overrides,
+    )
+
+
+def kafka_producer(servers: list[str], **overrides: Any) -> KafkaProducer:
+    """A producer that waits for the broker to have the message (acks=all)."""
+    settings: dict[str, Any] = {
+        "bootstrap_servers": servers, "acks": "all", "linger_ms": 20, "batch_size": 512 * 1024,
+        "max_request_size": 2 * 1024 * 1024, "retries": 5,
+    }
+    settings.update(overrides)
+    return KafkaProducer(**settings)
+

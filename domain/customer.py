@@ -1,0 +1,104 @@
+"""The Customer aggregate: one stream per customer, one past-tense event per business fact."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.contract import Envelope
+
+# Fixed forever: customer ids are derived from it, so changing it would orphan every stream.
+CUSTOMER_NAMESPACE = UUID("5d0c6e52-4a36-4f7e-9a5c-2f1f3c1f8a10")
+
+
+class Customer(Aggregate):
+    """Everything that happened between the business and one customer, in recorded order.
+
+    The aggregate keeps only what it needs to decide; read models keep the rest.
+    Duplicate `event_id`s are found by an index in the event store's transaction, not here,
+    so that this state stays small however long the stream grows.
+    """
+
+    @staticmethod
+    def create_id(customer_key: str) -> UUID:
+        return customer_id_for(customer_key)
+
+    @event("Registered")
+    def __init__(self, customer_key: str) -> None:
+        self.customer_key = customer_key
+        self.name: str | None = None
+        self.name_occurred_at: datetime | None = None
+        self.emails: list[str] = []
+        self.phones: list[str] = []
+        self.interactions = 0
+
+    class Interaction(Aggregate.Event):
+        """Base of the four interaction facts: the envelope as received, normalised to UTC."""
+
+        event_id: str
+        occurred_at: datetime
+        source: str | None
+        schema_version: int
+        customer: dict[str, Any]
+        data: dict[str, Any]
+        extra: dict[str, Any]
+
+        def apply(self, aggregate: Customer) -> None:  # type: ignore[override]
+            aggregate.note_identifiers(self.customer, self.occurred_at)
+            aggregate.interactions += 1
+
+    class CallLogged(Interaction):
+        pass
+
+    class EmailLogged(Interaction):
+        pass
+
+    class PurchaseRecorded(Interaction):
+        pass
+
+    class SurveyAnswered(Interaction):
+        pass
+
+    def record(self, envelope: Envelope) -> None:
+        """Record one validated interaction as a new fact of this customer."""
+        content = envelope.canonical()
+        known = {"event_id", "type", "occurred_at", "customer", "source", "version", "data"}
+        self.trigger_event(
+            EVENT_CLASS_BY_TYPE[envelope.type],
+            event_id=envelope.event_id,
+            occurred_at=envelope.occurred_at,
+            source=envelope.source,
+            schema_version=envelope.version,
+            customer=content["customer"],
+            data=content["data"],
+            extra={k: v for k, v in content.items() if k not in known},
+        )
+
+    def note_identifiers(self, customer: dict[str, Any], occurred_at: datetime) -> None:
+        email, phone, name = customer.get("email"), customer.get("phone"), customer.get("name")
+        if email and email not in self.emails:
+            self.emails.append(email)
+        if phone and phone not in self.phones:
+            self.phones.append(phone)
+        # The name with the latest event time wins, whatever order events arrive in.
+        if name and (self.name_occurred_at is None or occurred_at >= self.name_occurred_at):
+            self.name, self.name_occurred_at = name, occurred_at
+
+
+EVENT_CLASS_BY_TYPE: dict[str, type[Customer.Interaction]] = {
+    "call": Customer.CallLogged,
+    "email": Customer.EmailLogged,
+    "purchase": Customer.PurchaseRecorded,
+    "survey_response": Customer.SurveyAnswered,
+}
+TYPE_BY_EVENT_CLASS: dict[type[Customer.Interaction], str] = {
+    cls: name for name, cls in EVENT_CLASS_BY_TYPE.items()
+}
+
+
+def customer_id_for(customer_key: str) -> UUID:
+    """The stream id of the customer with this key (contract §1: id, else email, else phone)."""
+    return uuid5(CUSTOMER_NAMESPACE, customer_key)

@@ -1,0 +1,208 @@
+"""HTTP API (contract §2, §3): the single customer view, event ingest over HTTP, health, progress."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
+
+from consumers.ingest import kafka_producer
+from domain.contract import MAX_MESSAGE_BYTES, InvalidEvent, validate_envelope
+from projections.customer_360 import fetch_customer_view
+from projections.runner import TRACKING_TABLE
+from services.bootstrap import PROJECTIONS, read_pool
+from services.settings import Settings
+
+MAX_EVENTS_PER_REQUEST = 1000
+
+
+class Resources:
+    """What the routes share: settings, a read pool, a Kafka producer made on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool: ConnectionPool = read_pool(settings)
+        self._producer: Any = None
+
+    @property
+    def producer(self) -> Any:
+        if self._producer is None:
+            self._producer = kafka_producer(self.settings.kafka_servers, max_block_ms=5000)
+        return self._producer
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+        self.pool.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.resources = Resources(settings)
+        yield
+        app.state.resources.close()
+
+    app = FastAPI(
+        title="Rapport",
+        version="1",
+        description="Event-sourced customer-interaction tracker: publish interactions, read the customer view.",
+        lifespan=lifespan,
+    )
+
+    def resources(request: Request) -> Resources:
+        return request.app.state.resources  # type: ignore[no-any-return]
+
+    Res = Annotated[Resources, Depends(resources)]
+
+    @app.get("/customers/{customer_id}", summary="The single view of one customer (contract §3)")
+    def get_customer(
+        customer_id: Annotated[str, Path(min_length=1, max_length=320, description="id, else email, else phone")],
+        res: Res,
+    ) -> dict[str, Any]:
+        with res.pool.connection() as conn:
+            view = fetch_customer_view(conn, customer_id, datetime.now(UTC), res.settings.thresholds)
+        if view is None:
+            raise HTTPException(404, f"no customer with id {customer_id!r} (ids are the customer.id, "
+                                     "else the email, else the phone of their events)")
+        return view
+
+    @app.post("/events", status_code=202, summary="Publish one event or an array of up to 1,000 (contract §2)")
+    async def post_events(request: Request) -> JSONResponse:
+        body = await request.body()
+        items, errors = split_events_body(body)
+        if errors:
+            return JSONResponse(status_code=422, content={
+                "detail": f"{len(errors)} of {max(len(items), 1)} events rejected; nothing was published",
+                "errors": errors,
+            })
+        res: Resources = request.app.state.resources
+        accepted = await run_in_threadpool(publish, res, items)
+        return JSONResponse(status_code=202, content={"accepted": accepted})
+
+    @app.get("/health", summary="200 when PostgreSQL and Kafka answer, 503 naming the failing part")
+    def health(res: Res) -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            with res.pool.connection(timeout=5) as conn:
+                conn.execute("SELECT 1")
+            checks["postgresql"] = "ok"
+        except Exception as error:  # noqa: BLE001 - any failure means unavailable
+            checks["postgresql"] = f"unavailable: {error}"
+        try:
+            partitions = res.producer.partitions_for(res.settings.topic)
+            checks["kafka"] = "ok" if partitions else f"topic {res.settings.topic!r} does not exist"
+        except Exception as error:  # noqa: BLE001
+            checks["kafka"] = f"unavailable: {error}"
+        healthy = all(v == "ok" for v in checks.values())
+        return JSONResponse(status_code=200 if healthy else 503,
+                            content={"status": "ok" if healthy else "unavailable", "checks": checks})
+
+    @app.get("/projections", summary="Each read model's position in the event store's log, and its lag")
+    def projections(res: Res) -> dict[str, Any]:
+        with res.pool.connection() as conn:
+            head = conn.execute("SELECT COALESCE(MAX(notification_id), 0) AS head FROM rapport_events").fetchone()
+            rows = conn.execute(
+                f"SELECT application_name, notification_id FROM {TRACKING_TABLE}"  # noqa: S608 - constant
+            ).fetchall()
+        positions = {r["application_name"]: r["notification_id"] for r in rows}
+        head_id = head["head"] if head else 0
+        return {"items": [
+            {"name": p.name, "position": positions.get(p.name, 0), "head": head_id,
+             "lag": head_id - positions.get(p.name, 0)}
+            for p in PROJECTIONS
+        ]}
+
+    return app
+
+
+def split_events_body(body: bytes) -> tuple[list[tuple[bytes, Any]], list[dict[str, Any]]]:
+    """Split a request body (one envelope or an array) into items with their exact original bytes,
+    validating each; returns the valid items and the per-item errors."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [], [{"index": None, "event_id": None, "reason": f"body is not UTF-8 text ({exc.reason})"}]
+    decoder = json.JSONDecoder(parse_float=Decimal)
+    stripped = text.strip()
+    if not stripped:
+        return [], [{"index": None, "event_id": None, "reason": "body is empty: send one event object or an array"}]
+    raw_items: list[tuple[str, Any]] = []
+    try:
+        if stripped.startswith("["):
+            position = text.index("[") + 1
+            while True:
+                position = _skip(text, position)
+                if text[position] == "]" and not raw_items:
+                    break
+                obj, end = decoder.raw_decode(text, position)
+                raw_items.append((text[position:end], obj))
+                position = _skip(text, end)
+                if text[position] == "]":
+                    break
+                if text[position] != ",":
+                    raise json.JSONDecodeError("expected ',' or ']'", text, position)
+                position += 1
+            if _skip(text, position + 1) != len(text):
+                raise json.JSONDecodeError("extra data after the array", text, position + 1)
+        else:
+            obj, end = decoder.raw_decode(text, _skip(text, 0))
+            if _skip(text, end) != len(text):
+                raise json.JSONDecodeError("extra data after the event", text, end)
+            raw_items.append((text[_skip(text, 0):end], obj))
+    except (json.JSONDecodeError, IndexError) as exc:
+        reason = f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(
+            exc, json.JSONDecodeError) else "body is not valid JSON: unexpected end"
+        return [], [{"index": None, "event_id": None, "reason": reason}]
+    if not raw_items:
+        return [], [{"index": None, "event_id": None, "reason": "the array is empty: send at least one event"}]
+    if len(raw_items) > MAX_EVENTS_PER_REQUEST:
+        return [], [{"index": None, "event_id": None,
+                     "reason": f"{len(raw_items)} events in one request; the limit is {MAX_EVENTS_PER_REQUEST}"}]
+    items: list[tuple[bytes, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for index, (raw, obj) in enumerate(raw_items):
+        encoded = raw.encode()
+        event_id = obj.get("event_id") if isinstance(obj, dict) and isinstance(obj.get("event_id"), str) else None
+        try:
+            if len(encoded) > MAX_MESSAGE_BYTES:
+                raise InvalidEvent(f"event is {len(encoded)} bytes; the limit is {MAX_MESSAGE_BYTES} (1 MiB)")
+            envelope = validate_envelope(obj)
+        except InvalidEvent as invalid:
+            errors.append({"index": index, "event_id": event_id, "reason": invalid.reason})
+            continue
+        items.append((encoded, envelope))
+    return items, errors
+
+
+def _skip(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def publish(res: Resources, items: list[tuple[bytes, Any]]) -> list[str]:
+    """Write the original bytes of each event to the topic, keyed by customer; wait for acks."""
+    producer = res.producer
+    futures = [
+        producer.send(res.settings.topic, key=envelope.customer_key.encode(), value=raw)
+        for raw, envelope in items
+    ]
+    producer.flush(timeout=30)
+    for future in futures:
+        future.get(timeout=30)
+    return [envelope.event_id for _, envelope in items]
+
+
+def iter_events(items: list[tuple[bytes, Any]]) -> Iterator[str]:
+    return (envelope.event_id for _, envelope in items)

@@ -1,0 +1,78 @@
+"""The composition root: builds Rapport's parts from `Settings`. Tests build them the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from consumers.event_store import InteractionLog, store_env
+from consumers.ingest import DeadLetterPublisher, IngestConsumer, kafka_consumer, kafka_producer
+from projections.customer_360 import Customer360
+from projections.runner import ProjectionRecorder, ProjectionRunner
+from services.settings import Settings
+
+PROJECTIONS = (Customer360,)
+
+
+class ServiceUnavailable(RuntimeError):
+    """A service Rapport needs does not answer; the message says which and what to do."""
+
+
+def conninfo(settings: Settings) -> str:
+    return psycopg.conninfo.make_conninfo(**settings.database)
+
+
+def check_database(settings: Settings) -> None:
+    """Fail fast with a clear message (the pool would wait 30 s and say only 'no connection')."""
+    db = settings.database
+    try:
+        with psycopg.connect(conninfo(settings), connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as error:
+        raise ServiceUnavailable(
+            f"cannot use PostgreSQL database {db['dbname']!r} at {db['host']}:{db['port']} as user "
+            f"{db['user']!r}: {str(error).strip()}\n"
+            "Start the local stack with `scripts/stack up`, or set RAPPORT_DATABASE_URL."
+        ) from None
+
+
+def interaction_log(settings: Settings) -> InteractionLog:
+    check_database(settings)
+    return InteractionLog(env=store_env(settings.database, settings.aggregate_cache_size))
+
+
+def ingest_consumer(settings: Settings, store: InteractionLog | None = None, **consumer_overrides: Any) -> IngestConsumer:
+    store = store or interaction_log(settings)
+    return IngestConsumer(
+        store=store,
+        consumer=kafka_consumer(
+            settings.kafka_servers, settings.consumer_group, settings.ingest_max_poll_records, **consumer_overrides
+        ),
+        dead_letters=DeadLetterPublisher(kafka_producer(settings.kafka_servers), settings.dead_letter_topic),
+        topic=settings.topic,
+        poll_timeout_ms=settings.ingest_poll_timeout_ms,
+        max_poll_records=settings.ingest_max_poll_records,
+    )
+
+
+def projection_runners(settings: Settings, store: InteractionLog | None = None) -> list[ProjectionRunner]:
+    store = store or interaction_log(settings)
+    datastore = store.factory.datastore  # type: ignore[attr-defined]
+    runners = []
+    for projection_class in PROJECTIONS:
+        recorder = ProjectionRecorder(datastore, projection_class())
+        recorder.create_table()
+        runners.append(ProjectionRunner(store.recorder, store.mapper, recorder, page_size=settings.projection_page_size))
+    return runners
+
+
+def read_pool(settings: Settings, max_size: int = 8) -> ConnectionPool:
+    """Connections for queries of the read models (autocommit, dict rows)."""
+    check_database(settings)
+    return ConnectionPool(
+        conninfo(settings), min_size=1, max_size=max_size, open=True,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+    )

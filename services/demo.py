@@ -1,0 +1,130 @@
+"""`rapport demo`: a generated, realistic data set through Kafka into the single customer view."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from tqdm import tqdm
+
+from consumers.ingest import kafka_producer
+from services.bootstrap import interaction_log
+from services.demo_data import generate_demo_data
+from services.processes import Processes
+from services.settings import Settings
+from services.topics import ensure_topics
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def publish(settings: Settings, messages: list[Any]) -> None:
+    producer = kafka_producer(settings.kafka_servers)
+    with tqdm(total=len(messages), desc="publishing to Kafka", unit="msg", file=sys.stderr) as bar:
+        for i, message in enumerate(messages):
+            producer.send(settings.topic, key=message.key, value=message.value)
+            if i % 1000 == 999:
+                bar.update(1000)
+        producer.flush()
+        bar.update(len(messages) - bar.n)
+    producer.close()
+
+
+def end_offsets(settings: Settings) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers)
+    try:
+        partitions = [TopicPartition(settings.topic, p) for p in consumer.partitions_for_topic(settings.topic) or []]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+def _wait(bar_desc: str, total: int, progress: Any, processes: Processes, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    with tqdm(total=total, desc=bar_desc, unit="ev", file=sys.stderr) as bar:
+        while True:
+            done = progress()
+            bar.update(done - bar.n)
+            if done >= total:
+                return
+            processes.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{bar_desc}: not done after {timeout:.0f} s ({done} of {total})")
+            time.sleep(0.3)
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own localhost API
+        return json.loads(response.read())
+
+
+def run_demo(settings: Settings, customers: int, events: int, seed: int, republish: bool, serve: bool) -> int:
+    ensure_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic])
+    store = interaction_log(settings)
+    already = store.recorder.max_notification_id() or 0
+    data = None
+    if already and not republish:
+        _say(f"the event store already holds {already} events; not publishing again (use --republish)")
+    else:
+        _say(f"generating {customers} customers and {events} events over 18 months ...")
+        data = generate_demo_data(customers=customers, events=events, seed=seed)
+        kinds: dict[str, int] = {}
+        for m in data.messages:
+            kinds[m.kind] = kinds.get(m.kind, 0) + 1
+        _say(f"generated {len(data.messages)} messages: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+        publish(settings, data.messages)
+
+    with Processes() as processes:
+        processes.start_all(["ingest", "projector", "api"])
+        targets = end_offsets(settings)
+        total = sum(targets.values())
+
+        def ingested() -> int:
+            positions = store.interactions.kafka_positions(settings.topic, targets)
+            return sum(min(positions.get(p, -1) + 1, end) for p, end in targets.items())
+
+        _wait("ingest (Kafka → event store)", total, ingested, processes)
+        head = store.recorder.max_notification_id() or 0
+        base = f"http://{settings.api_host}:{settings.api_port}"
+
+        def projected() -> int:
+            try:
+                items = _get_json(f"{base}/projections")["items"]
+            except OSError:
+                return 0
+            return min(item["position"] for item in items)
+
+        _wait("projection customer_360", head, projected, processes)
+        sample = (data.sample_customer_ids[0] if data else None) or _any_customer(store)
+        view = _get_json(f"{base}/customers/{sample}")
+        with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+            counts = conn.execute(
+                "SELECT (SELECT count(*) FROM rapport_event_ids) AS events, "
+                "(SELECT count(*) FROM rapport_dead_letters) AS dead, "
+                "(SELECT count(*) FROM customer_360) AS customers"
+            ).fetchone()
+        _say("")
+        _say(f"Rapport is running: {counts['events']} events of {counts['customers']} customers stored, "
+             f"{counts['dead']} messages dead-lettered to {settings.dead_letter_topic} (reasons in SQL table "
+             "rapport_dead_letters); duplicates ignored.")
+        _say(f"  a customer:   curl {base}/customers/{sample}")
+        _say(f"                (stage {view['lifecycle']['stage']}, {sum(view['interaction_counts'].values())} "
+             "interactions)")
+        _say(f"  the API:      {base}/docs  (OpenAPI; JSON at {base}/openapi.json)")
+        _say(f"  progress:     curl {base}/projections      health: curl {base}/health")
+        _say(f"  SQL:          psql {settings.database_url} -c 'select * from customer_360 limit 5'")
+        if not serve:
+            return 0
+        _say("Press Ctrl-C to stop.")
+        return processes.wait()
+
+
+def _any_customer(store: Any) -> str:
+    with store.factory.datastore.get_connection() as conn:
+        row = conn.execute("SELECT customer_id FROM customer_360 ORDER BY calls + emails_count DESC LIMIT 1").fetchone()
+    return str(row["customer_id"]) if row else "unknown"

@@ -1,0 +1,70 @@
+"""Rapport's settings: read from the environment here, once; code receives them as arguments."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.rules import LifecycleThresholds
+
+
+class Settings(BaseSettings):
+    """Every setting is an environment variable `RAPPORT_<NAME>`; the README has the table."""
+
+    model_config = SettingsConfigDict(env_prefix="RAPPORT_", extra="ignore")
+
+    database_url: str = Field(
+        "postgresql://rapport:rapport@127.0.0.1:5432/rapport",
+        description="PostgreSQL holding the event store and the read models.",
+    )
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
+    topic: str = Field("interactions", description="Topic the interaction events are read from.")
+    dlq_topic: str = Field("", description="Dead-letter topic; default: <topic>.dlq.")
+    consumer_group: str = Field("rapport-ingest", description="Kafka consumer group of the ingest processes.")
+    ingest_max_poll_records: int = Field(5000, ge=1, description="Messages per poll = per event-store transaction.")
+    ingest_poll_timeout_ms: int = Field(500, ge=1, description="How long one poll waits for messages.")
+    aggregate_cache_size: int = Field(
+        200_000, ge=0, description="Customers kept in memory by ingest (0: no cache)."
+    )
+    projection_page_size: int = Field(2000, ge=1, description="Events the projector applies per transaction.")
+    at_risk_days: int = Field(180, ge=1, description="Lifecycle: days since the last purchase before 'at_risk'.")
+    churn_days: int = Field(365, ge=1, description="Lifecycle: days since the last interaction before 'churned'.")
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP API.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.path.strip("/"):
+            raise ValueError(
+                f"{value!r} is not a PostgreSQL URL; use postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+            )
+        return value
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+    @property
+    def thresholds(self) -> LifecycleThresholds:
+        return LifecycleThresholds(at_risk_days=self.at_risk_days, churn_days=self.churn_days)
+
+    @property
+    def database(self) -> dict[str, str]:
+        """The URL's parts: dbname, host, port, user, password."""
+        parts = urlsplit(self.database_url)
+        return {
+            "dbname": parts.path.strip("/"),
+            "host": parts.hostname or "127.0.0.1",
+            "port": str(parts.port or 5432),
+            "user": unquote(parts.username or ""),
+            "password": unquote(parts.password or ""),
+        }
+
+    @property
+    def kafka_servers(self) -> list[str]:
+        return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]
