@@ -141,8 +141,12 @@ class IngestConsumer:
                 self._maybe_log()
         finally:
             self._log_totals()
-            self.consumer.close(autocommit=False)
-            self.dead_letters.producer.close(timeout=10)
+            self.close()
+
+    def close(self) -> None:
+        """Leave the group (its partitions go to the other members at once) and flush."""
+        self.consumer.close(autocommit=False)
+        self.dead_letters.producer.close(timeout=10)
 
     def poll_once(self) -> int:
         batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)

@@ -577,6 +577,7 @@ class _Generator:
             elif valid_index in conflict_set:
                 kept.append((env, c.key_bytes, value, pkey, "conflict"))
             valid_index += 1
+        del plan
         for env, key, value, pkey, what in kept:
             if what == "duplicate":
                 later = (rng.uniform(60, 3 * DAY) if rng.random() < 0.8 else
@@ -590,6 +591,7 @@ class _Generator:
                             dumps(changed).encode(), "conflict"))
         out.sort()
         messages = [DemoMessage(key, value, kind) for _, _, key, value, kind in out]
+        out.clear()
         return DemoDataSet(messages, len(custs), self.n_events, self.samples(custs))
 
     def conflicting(self, env: dict) -> dict:

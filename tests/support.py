@@ -1,0 +1,101 @@
+"""Helpers shared by integration and e2e tests: make events, publish, read back, wait."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kafka import KafkaConsumer, TopicPartition
+
+from consumers.ingest import kafka_producer
+from services.settings import Settings
+
+T = TypeVar("T")
+
+
+def new_customer_id() -> str:
+    return f"crm-test-{uuid.uuid4().hex[:12]}"
+
+
+def envelope(customer_id: str, event_type: str, occurred_at: str, data: dict[str, Any],
+             event_id: str | None = None, **customer: str) -> dict[str, Any]:
+    return {
+        "event_id": event_id or f"test:{event_type}:{uuid.uuid4().hex}",
+        "type": event_type,
+        "occurred_at": occurred_at,
+        "customer": {"id": customer_id, **customer},
+        "source": "tests",
+        "data": data,
+    }
+
+
+def encode(message: dict[str, Any] | bytes) -> bytes:
+    return message if isinstance(message, bytes) else json.dumps(message).encode()
+
+
+def publish(settings: Settings, messages: Iterable[dict[str, Any] | bytes], key: bytes | None = None,
+            topic: str | None = None) -> int:
+    producer = kafka_producer(settings.kafka_servers)
+    count = 0
+    for message in messages:
+        message_key = key
+        if message_key is None and isinstance(message, dict):
+            message_key = message["customer"].get("id", "").encode() or None
+        producer.send(topic or settings.topic, key=message_key, value=encode(message))
+        count += 1
+    producer.flush()
+    producer.close()
+    return count
+
+
+def end_offsets(settings: Settings, topic: str | None = None) -> dict[int, int]:
+    topic = topic or settings.topic
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class Received:
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str]
+
+
+def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 30) -> list[Received]:
+    """Every message of a topic, from the beginning, once `expected` of them are there."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers, enable_auto_commit=False,
+                             consumer_timeout_ms=1000)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        received: list[Received] = []
+        deadline = time.monotonic() + timeout
+        while len(received) < expected and time.monotonic() < deadline:
+            for record in consumer:
+                received.append(Received(record.key, record.value,
+                                         {k: v.decode() for k, v in (record.headers or [])}))
+        return received
+    finally:
+        consumer.close()
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float = 60, interval: float = 0.1,
+             what: str = "condition") -> T:
+    """Poll until `condition()` is truthy, with a deadline; never a blind sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
