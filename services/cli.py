@@ -46,12 +46,14 @@ def cmd_projector(args: argparse.Namespace, settings: Settings) -> int:
     from services.bootstrap import interaction_log, projection_runners
 
     stop = _stop_on_signals()
-    runners = projection_runners(settings, interaction_log(settings))
+    store = interaction_log(settings)  # keep a reference: closing the app closes the shared pool
+    runners = projection_runners(settings, store)
     threads = [threading.Thread(target=r.run, args=(stop,), name=r.name) for r in runners]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    store.close()
     return 0
 
 

@@ -12,6 +12,9 @@ from typing import Any, TypeVar
 from kafka import KafkaConsumer, TopicPartition
 
 from consumers.ingest import kafka_producer
+from consumers.event_store import InteractionLog
+from consumers.ingest import IngestConsumer
+from domain.customer import customer_id_for
 from services.settings import Settings
 
 T = TypeVar("T")
@@ -99,3 +102,31 @@ def wait_for(condition: Callable[[], T | None], timeout: float = 60, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def drain(consumer: IngestConsumer, settings: Settings, timeout: float = 60) -> None:
+    """Poll until the stored position of every partition reaches the topic's end; then leave
+    the group, as a stopped process does."""
+    targets = end_offsets(settings)
+    consumer.subscribe()
+
+    def done() -> bool:
+        consumer.poll_once()
+        stored = consumer.store.interactions.kafka_positions(settings.topic, targets)
+        return all(end == 0 or stored.get(p, -1) + 1 >= end for p, end in targets.items())
+
+    try:
+        wait_for(done, timeout=timeout, interval=0, what="ingest to reach the end of the topic")
+    finally:
+        consumer.close()
+
+
+def stored_event_ids(store: InteractionLog, customer_ids: list[str]) -> list[str]:
+    """event_id of every interaction stored for these customers, duplicates included."""
+    with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(
+            "SELECT convert_from(state, 'UTF8')::json->>'event_id' AS event_id FROM rapport_events "
+            "WHERE originator_id = ANY(%s) AND originator_version > 1",
+            ([customer_id_for(c) for c in customer_ids],),
+        ).fetchall()
+    return [row["event_id"] for row in rows]

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from consumers.event_store import InteractionLog
-from consumers.ingest import IngestConsumer
 from domain.customer import customer_id_for
 from services.bootstrap import ingest_consumer, interaction_log
 from services.settings import Settings
-from tests.support import encode, end_offsets, envelope, new_customer_id, publish, read_topic, wait_for
+from tests.support import drain, encode, envelope, new_customer_id, publish, read_topic, stored_event_ids, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,34 +24,6 @@ def store(settings: Settings) -> Iterator[InteractionLog]:
     log = interaction_log(settings)
     yield log
     log.close()
-
-
-def drain(consumer: IngestConsumer, settings: Settings, timeout: float = 60) -> None:
-    """Poll until the stored position of every partition reaches the topic's end; then leave
-    the group, as a stopped process does."""
-    targets = end_offsets(settings)
-    consumer.subscribe()
-
-    def done() -> bool:
-        consumer.poll_once()
-        stored = consumer.store.interactions.kafka_positions(settings.topic, targets)
-        return all(end == 0 or stored.get(p, -1) + 1 >= end for p, end in targets.items())
-
-    try:
-        wait_for(done, timeout=timeout, interval=0, what="ingest to reach the end of the topic")
-    finally:
-        consumer.close()
-
-
-def stored_event_ids(store: InteractionLog, customer_ids: list[str]) -> list[str]:
-    """event_id of every interaction stored for these customers, duplicates included."""
-    with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
-        rows = conn.execute(
-            "SELECT convert_from(state, 'UTF8')::json->>'event_id' AS event_id FROM rapport_events "
-            "WHERE originator_id = ANY(%s) AND originator_version > 1",
-            ([customer_id_for(c) for c in customer_ids],),
-        ).fetchall()
-    return [row["event_id"] for row in rows]
 
 
 def test_valid_events_are_stored_once_and_duplicates_are_ignored(settings: Settings, store: InteractionLog) -> None:
