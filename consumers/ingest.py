@@ -286,6 +286,10 @@ def kafka_consumer(servers: list[str], group_id: str, max_poll_records: int, **o
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         max_poll_interval_ms=600_000,
+        # A member that died is noticed after this long and its partitions move on
+        # (the client's 45 s default would stall a restarted ingest for as long).
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
         client_id="rapport-ingest",
         **overrides,
     )
