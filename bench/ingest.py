@@ -322,15 +322,26 @@ def _with_dbname(url: str, dbname: str) -> str:
     return urlunsplit(parts._replace(path="/" + dbname))
 
 
+def drop_database(admin_settings: Settings, dbname: str, attempts: int = 20) -> None:
+    """DROP DATABASE, ending our own leftover sessions (FORCE). FORCE refuses when an autovacuum
+    worker (not our role) is in the database; a plain DROP cancels those, so alternate and retry."""
+    name = sql.Identifier(dbname)
+    with psycopg.connect(bootstrap.conninfo(admin_settings), autocommit=True, connect_timeout=5) as conn:
+        for attempt in range(attempts):
+            try:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)" if attempt % 2 == 0
+                                     else "DROP DATABASE IF EXISTS {}").format(name))
+                return
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.5)
+
+
 def create_database(admin_settings: Settings, dbname: str) -> None:
+    drop_database(admin_settings, dbname)
     with psycopg.connect(bootstrap.conninfo(admin_settings), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-
-
-def drop_database(admin_settings: Settings, dbname: str) -> None:
-    with psycopg.connect(bootstrap.conninfo(admin_settings), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
 def _quietly(what: str, action: Callable[[], Any]) -> None:

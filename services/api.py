@@ -44,6 +44,14 @@ class Resources:
         self.pool.close()
 
 
+def resources(request: Request) -> Resources:
+    return request.app.state.resources  # type: ignore[no-any-return]
+
+
+# Module level: route annotations are strings (PEP 563) that FastAPI resolves in this module.
+Res = Annotated[Resources, Depends(resources)]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -59,11 +67,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Event-sourced customer-interaction tracker: publish interactions, read the customer view.",
         lifespan=lifespan,
     )
-
-    def resources(request: Request) -> Resources:
-        return request.app.state.resources  # type: ignore[no-any-return]
-
-    Res = Annotated[Resources, Depends(resources)]
 
     @app.get("/customers/{customer_id}", summary="The single view of one customer (contract §3)")
     def get_customer(

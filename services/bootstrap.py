@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -39,9 +41,25 @@ def check_database(settings: Settings) -> None:
         ) from None
 
 
+# Any constant: processes starting together (ingest, projector, API) create tables one at a
+# time, since concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog.
+SCHEMA_LOCK_KEY = 0x5241_5050  # "RAPP"
+
+
+@contextmanager
+def schema_lock(settings: Settings) -> Iterator[None]:
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+
+
 def interaction_log(settings: Settings) -> InteractionLog:
     check_database(settings)
-    return InteractionLog(env=store_env(settings.database, settings.aggregate_cache_size))
+    with schema_lock(settings):
+        return InteractionLog(env=store_env(settings.database, settings.aggregate_cache_size))
 
 
 def ingest_consumer(settings: Settings, store: InteractionLog | None = None, **consumer_overrides: Any) -> IngestConsumer:
@@ -64,7 +82,8 @@ def projection_runners(settings: Settings, store: InteractionLog | None = None) 
     runners = []
     for projection_class in PROJECTIONS:
         recorder = ProjectionRecorder(datastore, projection_class())
-        recorder.create_table()
+        with schema_lock(settings):
+            recorder.create_table()
         runners.append(ProjectionRunner(store.recorder, store.mapper, recorder, page_size=settings.projection_page_size))
     return runners
 
