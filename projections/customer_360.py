@@ -270,7 +270,10 @@ class Customer360:
 
 def _utc(value: datetime | None) -> str | None:
     """RFC 3339 in UTC, with `Z`."""
-    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if value is None:
+        return None
+    text = value.astimezone(UTC).replace(tzinfo=None).isoformat()
+    return (text.rstrip("0") if "." in text else text) + "Z"
 
 
 def fetch_customer_view(

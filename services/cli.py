@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # kafka-python warns about routine things (no group on a metadata-only consumer, joins).
+    logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLogger().level))
     from services.bootstrap import ServiceUnavailable
 
     try:

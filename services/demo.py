@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from consumers.ingest import kafka_producer
-from services.bootstrap import interaction_log
+from services.bootstrap import interaction_log, projection_runners
 from services.demo_data import generate_demo_data
 from services.processes import Processes
 from services.settings import Settings
@@ -66,10 +66,10 @@ def _get_json(url: str) -> Any:
 def run_demo(settings: Settings, customers: int, events: int, seed: int, republish: bool, serve: bool) -> int:
     ensure_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic])
     store = interaction_log(settings)
-    already = store.recorder.max_notification_id() or 0
+    already = sum(end_offsets(settings).values())
     data = None
     if already and not republish:
-        _say(f"the event store already holds {already} events; not publishing again (use --republish)")
+        _say(f"topic {settings.topic!r} already holds {already} messages; not publishing again (use --republish)")
     else:
         _say(f"generating {customers} customers and {events} events over 18 months ...")
         data = generate_demo_data(customers=customers, events=events, seed=seed)
@@ -92,15 +92,14 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
         head = store.recorder.max_notification_id() or 0
         base = f"http://{settings.api_host}:{settings.api_port}"
 
+        runners = projection_runners(settings, store)
+
         def projected() -> int:
-            try:
-                items = _get_json(f"{base}/projections")["items"]
-            except OSError:
-                return 0
-            return min(item["position"] for item in items)
+            return min(runner.recorder.position() for runner in runners)
 
         _wait("projection customer_360", head, projected, processes)
         sample = (data.sample_customer_ids[0] if data else None) or _any_customer(store)
+        _wait_for_api(base, processes)
         view = _get_json(f"{base}/customers/{sample}")
         with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
             counts = conn.execute(
@@ -122,6 +121,19 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
             return 0
         _say("Press Ctrl-C to stop.")
         return processes.wait()
+
+
+def _wait_for_api(base: str, processes: Processes, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _get_json(f"{base}/health")
+            return
+        except OSError:
+            processes.check()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _any_customer(store: Any) -> str:
