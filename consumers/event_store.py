@@ -89,12 +89,18 @@ class InteractionRecorder(PostgresProcessRecorder):
         for position in positions:
             self._insert_tracking(curs, position)
         if event_ids:
-            curs.executemany(
+            # One statement for the whole batch: the unique index turns a race into IntegrityError.
+            curs.execute(
                 SQL(
                     "INSERT INTO {} (event_id, fingerprint, originator_id, source_topic, "
-                    "source_partition, source_offset) VALUES (%s, %s, %s, %s, %s, %s)"
+                    "source_partition, source_offset) SELECT * FROM unnest("
+                    "%s::text[], %s::text[], %s::uuid[], %s::text[], %s::int[], %s::bigint[])"
                 ).format(self.event_ids_table),
-                [(r.event_id, r.fingerprint, r.originator_id, r.topic, r.partition, r.offset) for r in event_ids],
+                (
+                    [r.event_id for r in event_ids], [r.fingerprint for r in event_ids],
+                    [r.originator_id for r in event_ids], [r.topic for r in event_ids],
+                    [r.partition for r in event_ids], [r.offset for r in event_ids],
+                ),
             )
         if dead_letters:
             curs.executemany(

@@ -97,7 +97,7 @@ class CustomerRef(_Open):
     @property
     def key(self) -> str:
         """The customer key: the id, else the email, else the phone (also the Kafka key)."""
-        key = customer_key(self.model_dump())
+        key = customer_key(self.__dict__)  # the declared fields, without a model_dump
         assert key is not None
         return key
 
@@ -179,6 +179,7 @@ class Envelope(_Open):
     source: str | None = None
     version: Annotated[Integer, Field(ge=1)] = 1
     data: dict[str, Any]
+    _canonical: dict[str, Any] | None = PrivateAttr(None)
     _fingerprint: str | None = PrivateAttr(None)
 
     @field_validator("occurred_at", mode="before")
@@ -192,7 +193,9 @@ class Envelope(_Open):
 
     def canonical(self) -> dict[str, Any]:
         """The content as a JSON-ready dict: times in UTC, absent and null fields alike."""
-        return self.model_dump(mode="json", exclude_none=True)
+        if self._canonical is None:
+            self._canonical = self.model_dump(mode="json", exclude_none=True)
+        return self._canonical
 
     def fingerprint(self) -> str:
         """Hash of the content: the same `event_id` with another fingerprint is a conflict."""
@@ -242,7 +245,9 @@ def validate_envelope(obj: object) -> Envelope:
             problems.extend(_errors(exc, prefix="data."))
         else:
             if envelope is not None:
-                envelope = envelope.model_copy(update={"data": typed.model_dump(mode="json", exclude_none=True)})
+                # The typed, normalised data replaces the raw dict; set in place because the
+                # model is frozen and a model_copy per message costs more than the validation.
+                envelope.__dict__["data"] = typed.model_dump(mode="json", exclude_none=True)
     if problems:
         raise InvalidEvent("; ".join(problems), event_id=event_id)
     assert envelope is not None

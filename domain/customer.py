@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -99,6 +100,7 @@ TYPE_BY_EVENT_CLASS: dict[type[Customer.Interaction], str] = {
 }
 
 
+@lru_cache(maxsize=65536)
 def customer_id_for(customer_key: str) -> UUID:
     """The stream id of the customer with this key (contract §1: id, else email, else phone)."""
     return uuid5(CUSTOMER_NAMESPACE, customer_key)
