@@ -13,10 +13,10 @@ the rows are the same whatever order the events arrived in.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-import json
 from decimal import Decimal
 from typing import Any
 
@@ -127,72 +127,67 @@ class _Delta:
                 self.nps_responses += 1
 
 
-_UPSERT_CUSTOMERS = SQL(
-    """INSERT INTO customer_360 AS t (
-        customer_id, name, name_at, name_event_id, emails, phones, first_seen_at, last_seen_at,
-        calls, emails_count, purchases, survey_responses,
-        last_call_at, last_email_at, last_purchase_at, last_survey_response_at,
-        inbound_calls, last_inbound_call_at, inbound_emails, last_inbound_email_at,
-        last_nps_score, last_nps_at, last_nps_event_id, last_csat_score, last_csat_at, last_csat_event_id,
-        nps_sum, nps_responses)
-    SELECT d.customer_id, d.name, d.name_at, d.name_event_id,
-        ARRAY(SELECT json_array_elements_text(d.emails::json)), ARRAY(SELECT json_array_elements_text(d.phones::json)),
-        d.first_seen_at, d.last_seen_at, d.calls, d.emails_count, d.purchases, d.survey_responses,
-        d.last_call_at, d.last_email_at, d.last_purchase_at, d.last_survey_response_at,
-        d.inbound_calls, d.last_inbound_call_at, d.inbound_emails, d.last_inbound_email_at,
-        d.last_nps_score, d.last_nps_at, d.last_nps_event_id, d.last_csat_score, d.last_csat_at, d.last_csat_event_id,
-        d.nps_sum, d.nps_responses
-    FROM unnest(
-        %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
-        %s::timestamptz[], %s::timestamptz[], %s::int[], %s::int[], %s::int[], %s::int[],
-        %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
-        %s::int[], %s::timestamptz[], %s::int[], %s::timestamptz[],
-        %s::int[], %s::timestamptz[], %s::text[], %s::int[], %s::timestamptz[], %s::text[],
-        %s::bigint[], %s::int[]
-    ) AS d(customer_id, name, name_at, name_event_id, emails, phones, first_seen_at, last_seen_at,
-        calls, emails_count, purchases, survey_responses,
-        last_call_at, last_email_at, last_purchase_at, last_survey_response_at,
-        inbound_calls, last_inbound_call_at, inbound_emails, last_inbound_email_at,
-        last_nps_score, last_nps_at, last_nps_event_id, last_csat_score, last_csat_at, last_csat_event_id,
-        nps_sum, nps_responses)
-    ON CONFLICT (customer_id) DO UPDATE SET
-        (name, name_at, name_event_id) = (
-            SELECT CASE WHEN newer THEN excluded.name ELSE t.name END,
-                   CASE WHEN newer THEN excluded.name_at ELSE t.name_at END,
-                   CASE WHEN newer THEN excluded.name_event_id ELSE t.name_event_id END
-            FROM (SELECT excluded.name_at IS NOT NULL AND (t.name_at IS NULL
-                  OR (excluded.name_at, excluded.name_event_id) > (t.name_at, t.name_event_id)) AS newer) n),
-        emails = ARRAY(SELECT DISTINCT e FROM unnest(t.emails || excluded.emails) e ORDER BY e),
-        phones = ARRAY(SELECT DISTINCT p FROM unnest(t.phones || excluded.phones) p ORDER BY p),
-        first_seen_at = LEAST(t.first_seen_at, excluded.first_seen_at),
-        last_seen_at = GREATEST(t.last_seen_at, excluded.last_seen_at),
-        calls = t.calls + excluded.calls,
-        emails_count = t.emails_count + excluded.emails_count,
-        purchases = t.purchases + excluded.purchases,
-        survey_responses = t.survey_responses + excluded.survey_responses,
-        last_call_at = GREATEST(t.last_call_at, excluded.last_call_at),
-        last_email_at = GREATEST(t.last_email_at, excluded.last_email_at),
-        last_purchase_at = GREATEST(t.last_purchase_at, excluded.last_purchase_at),
-        last_survey_response_at = GREATEST(t.last_survey_response_at, excluded.last_survey_response_at),
-        inbound_calls = t.inbound_calls + excluded.inbound_calls,
-        last_inbound_call_at = GREATEST(t.last_inbound_call_at, excluded.last_inbound_call_at),
-        inbound_emails = t.inbound_emails + excluded.inbound_emails,
-        last_inbound_email_at = GREATEST(t.last_inbound_email_at, excluded.last_inbound_email_at),
-        (last_nps_score, last_nps_at, last_nps_event_id) = (
-            SELECT CASE WHEN newer THEN excluded.last_nps_score ELSE t.last_nps_score END,
-                   CASE WHEN newer THEN excluded.last_nps_at ELSE t.last_nps_at END,
-                   CASE WHEN newer THEN excluded.last_nps_event_id ELSE t.last_nps_event_id END
-            FROM (SELECT excluded.last_nps_at IS NOT NULL AND (t.last_nps_at IS NULL
-                  OR (excluded.last_nps_at, excluded.last_nps_event_id) > (t.last_nps_at, t.last_nps_event_id)) AS newer) n),
-        (last_csat_score, last_csat_at, last_csat_event_id) = (
-            SELECT CASE WHEN newer THEN excluded.last_csat_score ELSE t.last_csat_score END,
-                   CASE WHEN newer THEN excluded.last_csat_at ELSE t.last_csat_at END,
-                   CASE WHEN newer THEN excluded.last_csat_event_id ELSE t.last_csat_event_id END
-            FROM (SELECT excluded.last_csat_at IS NOT NULL AND (t.last_csat_at IS NULL
-                  OR (excluded.last_csat_at, excluded.last_csat_event_id) > (t.last_csat_at, t.last_csat_event_id)) AS newer) n),
-        nps_sum = t.nps_sum + excluded.nps_sum,
-        nps_responses = t.nps_responses + excluded.nps_responses"""
-)
+def _latest(value: str, at: str, event_id: str) -> str:
+    """SET clause keeping the (value, at, event_id) with the greatest (at, event_id)."""
+    pick = ",\n".join(f"CASE WHEN newer THEN excluded.{c} ELSE t.{c} END" for c in (value, at, event_id))
+    return (
+        f"({value}, {at}, {event_id}) = (SELECT {pick} FROM (SELECT excluded.{at} IS NOT NULL AND "
+        f"(t.{at} IS NULL OR (excluded.{at}, excluded.{event_id}) > (t.{at}, t.{event_id})) AS newer) n)"
+    )
+
+
+# (column, type, merge on conflict): every merge is commutative, so arrival order is irrelevant.
+_CUSTOMER_COLUMNS: list[tuple[str, str, str]] = [
+    ("customer_id", "text", ""),
+    ("name", "text", _latest("name", "name_at", "name_event_id")),
+    ("name_at", "timestamptz", ""),
+    ("name_event_id", "text", ""),
+    ("emails", "json", "emails = ARRAY(SELECT DISTINCT e FROM unnest(t.emails || excluded.emails) e ORDER BY e)"),
+    ("phones", "json", "phones = ARRAY(SELECT DISTINCT p FROM unnest(t.phones || excluded.phones) p ORDER BY p)"),
+    ("first_seen_at", "timestamptz", "LEAST"),
+    ("last_seen_at", "timestamptz", "GREATEST"),
+    *((column, "int", "+") for column in ("calls", "emails_count", "purchases", "survey_responses")),
+    *((column, "timestamptz", "GREATEST") for column in _LAST_COLUMN.values()),
+    ("inbound_calls", "int", "+"),
+    ("last_inbound_call_at", "timestamptz", "GREATEST"),
+    ("inbound_emails", "int", "+"),
+    ("last_inbound_email_at", "timestamptz", "GREATEST"),
+    ("last_nps_score", "int", _latest("last_nps_score", "last_nps_at", "last_nps_event_id")),
+    ("last_nps_at", "timestamptz", ""),
+    ("last_nps_event_id", "text", ""),
+    ("last_csat_score", "int", _latest("last_csat_score", "last_csat_at", "last_csat_event_id")),
+    ("last_csat_at", "timestamptz", ""),
+    ("last_csat_event_id", "text", ""),
+    ("nps_sum", "bigint", "+"),
+    ("nps_responses", "int", "+"),
+]
+
+
+def _merge(column: str, rule: str) -> str | None:
+    if rule == "+":
+        return f"{column} = t.{column} + excluded.{column}"
+    if rule in ("LEAST", "GREATEST"):
+        return f"{column} = {rule}(t.{column}, excluded.{column})"
+    return rule or None
+
+
+def _upsert_customers_sql() -> str:
+    names = [c for c, _, _ in _CUSTOMER_COLUMNS]
+    arrays = ", ".join("%s::text[]" if t == "json" else f"%s::{t}[]" for _, t, _ in _CUSTOMER_COLUMNS)
+    # A text[] per customer cannot be a row of a 2-D array, so emails and phones travel as JSON.
+    select = ", ".join(
+        f"ARRAY(SELECT json_array_elements_text(d.{c}::json))" if t == "json" else f"d.{c}"
+        for c, t, _ in _CUSTOMER_COLUMNS
+    )
+    merges = ",\n    ".join(m for c, _, rule in _CUSTOMER_COLUMNS if (m := _merge(c, rule)))
+    return (
+        f"INSERT INTO customer_360 AS t ({', '.join(names)})\n"
+        f"SELECT {select}\nFROM unnest({arrays}) AS d({', '.join(names)})\n"
+        f"ON CONFLICT (customer_id) DO UPDATE SET\n    {merges}"
+    )
+
+
+_UPSERT_CUSTOMERS = SQL(_upsert_customers_sql())  # type: ignore[arg-type]
 
 _UPSERT_REVENUE = SQL(
     """INSERT INTO customer_360_revenue AS t (customer_id, currency, revenue, orders)
@@ -245,7 +240,7 @@ class Customer360:
                 for item in data.get("items") or []:
                     products.add((customer_id, item["sku"]))
         if deltas:
-            curs.execute(_UPSERT_CUSTOMERS, _columns([self._row(d) for d in deltas.values()], 28))
+            curs.execute(_UPSERT_CUSTOMERS, _columns([self._row(d) for d in deltas.values()], len(_CUSTOMER_COLUMNS)))
         if revenue:
             curs.execute(_UPSERT_REVENUE, _columns([(c, cur, r, n) for (c, cur), (r, n) in revenue.items()], 4))
         if products:

@@ -11,7 +11,7 @@ import json
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 
 __all__ = ["DemoMessage", "DemoDataSet", "generate_demo_data"]
@@ -22,7 +22,7 @@ CALL, EMAIL, PURCHASE, SURVEY = 0, 1, 2, 3
 TYPE_NAMES = ("call", "email", "purchase", "survey_response")
 FORCE_PROMOTER = 1
 INVALID_FLAG = 100
-_EPOCH = datetime(1970, 1, 1)
+_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001 - naive on purpose: compared with naive local times only
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +204,7 @@ class _Generator:
                  (("churned", 0.15), ("at_risk", 0.10), ("prospect", 0.20), ("detractor", 0.07),
                   ("new", 0.10)) if count >= 2 else
                  (("churned", 0.20), ("prospect", 0.40), ("new", 0.10)))
-        for name, p in table:
+        for name, p in table:  # noqa: B007 - `name` is the choice once the loop breaks
             if r < p:
                 break
             r -= p
@@ -539,7 +539,7 @@ class _Generator:
         rng = self.rng
         custs = self.make_customers()
         plan: list[tuple[int, int, int, int]] = []
-        for c, count in zip(custs, self.event_counts()):
+        for c, count in zip(custs, self.event_counts(), strict=False):
             self.plan_customer(c, count, plan)
         variants = [i % len(_INVALID_VARIANTS) for i in range(self.n_invalid)]
         rng.shuffle(variants)
@@ -659,9 +659,9 @@ def generate_demo_data(customers: int = 2000, events: int = 50_000, months: int 
         if not 0 <= rate <= 1:
             raise ValueError("rates must be between 0 and 1")
     if now is None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
     elif now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
-    now = now.astimezone(timezone.utc).replace(microsecond=0)
+        now = now.replace(tzinfo=UTC)
+    now = now.astimezone(UTC).replace(microsecond=0)
     return _Generator(customers, events, months, now, seed,
                       duplicate_rate, invalid_rate, conflict_rate).run()

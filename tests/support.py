@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 
-from consumers.ingest import kafka_producer
 from consumers.event_store import InteractionLog
-from consumers.ingest import IngestConsumer
+from consumers.ingest import IngestConsumer, kafka_producer
 from domain.customer import customer_id_for
 from services.settings import Settings
 

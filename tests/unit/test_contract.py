@@ -21,42 +21,16 @@ from domain.contract import (
     parse_envelope,
     validate_envelope,
 )
+from tests.unit.examples import CUSTOMER, DATA, example
 
 DELETE = object()  # marker: remove the field instead of setting it
 
-CUSTOMER = {"id": "crm-42", "email": "ana@example.com", "phone": "+94771234567", "name": "Ana Perera"}
-DATA: dict[str, dict[str, Any]] = {
-    "call": {"direction": "inbound", "duration_seconds": 310, "outcome": "resolved", "agent": "kasun"},
-    "email": {"direction": "outbound", "subject": "Welcome", "campaign": "spring-2026"},
-    "purchase": {
-        "order_id": "ord-1001",
-        "amount": "120.00",
-        "currency": "USD",
-        "items": [{"sku": "sku-1", "quantity": 2, "unit_price": "60.00"}],
-        "channel": "web",
-    },
-    "survey_response": {
-        "kind": "nps",
-        "score": 9,
-        "survey_id": "srv-7",
-        "comment": "great help",
-        "about_event_id": "pbx-01:call:998877",
-    },
-}
 TYPES = tuple(DATA)
 
 
 def envelope(type_: str = "call", **changes: Any) -> dict[str, Any]:
     """A valid envelope of `type_` (contract example), with top-level fields changed/removed."""
-    obj: dict[str, Any] = {
-        "event_id": f"pbx-01:{type_}:998877",
-        "type": type_,
-        "occurred_at": "2026-03-01T10:15:00+05:30",
-        "customer": dict(CUSTOMER),
-        "source": "pbx-01",
-        "version": 1,
-        "data": copy.deepcopy(DATA[type_]),
-    }
+    obj = example(type_)
     return _apply(obj, changes)
 
 

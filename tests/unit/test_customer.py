@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,20 +12,8 @@ from eventsourcing.application import Application
 
 from domain.contract import Envelope, parse_envelope
 from domain.customer import Customer, customer_id_for
+from tests.unit.examples import CUSTOMER, DATA, example
 
-CUSTOMER = {"id": "crm-42", "email": "ana@example.com", "phone": "+94771234567", "name": "Ana Perera"}
-DATA: dict[str, dict[str, Any]] = {
-    "call": {"direction": "inbound", "duration_seconds": 310, "outcome": "resolved", "agent": "kasun"},
-    "email": {"direction": "outbound", "subject": "Welcome", "campaign": "spring-2026"},
-    "purchase": {
-        "order_id": "ord-1001",
-        "amount": "120.00",
-        "currency": "USD",
-        "items": [{"sku": "sku-1", "quantity": 2, "unit_price": "60.00"}],
-        "channel": "web",
-    },
-    "survey_response": {"kind": "nps", "score": 9, "survey_id": "srv-7", "comment": "great help"},
-}
 EVENT_CLASSES = {
     "call": Customer.CallLogged,
     "email": Customer.EmailLogged,
@@ -39,15 +26,7 @@ OCCURRED_UTC = datetime(2026, 3, 1, 4, 45, tzinfo=UTC)
 
 def envelope(type_: str = "call", **changes: Any) -> Envelope:
     """A parsed envelope of `type_` (the contract's example), with top-level fields changed."""
-    obj: dict[str, Any] = {
-        "event_id": f"pbx-01:{type_}:998877",
-        "type": type_,
-        "occurred_at": "2026-03-01T10:15:00+05:30",
-        "customer": dict(CUSTOMER),
-        "source": "pbx-01",
-        "version": 1,
-        "data": copy.deepcopy(DATA[type_]),
-    }
+    obj = example(type_)
     obj.update(changes)
     return parse_envelope(json.dumps(obj).encode())
 
