@@ -23,6 +23,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, Tracking
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import OffsetOutOfRangeError
 
 from consumers.event_store import DeadLetterRow, EventIdRow, InteractionLog, kafka_position_name
 from domain.contract import Envelope, InvalidEvent, parse_envelope
@@ -61,6 +62,20 @@ def dead_letter_headers(record: Any, reason: str) -> list[tuple[str, bytes]]:
         ("rapport-source-partition", str(record.partition).encode()),
         ("rapport-source-offset", str(record.offset).encode()),
     ]
+
+
+class MissingOffsets(RuntimeError):
+    """Messages were deleted from Kafka (retention, or the topic was recreated) before ingest read them."""
+
+    def __init__(self, topic: str, error: OffsetOutOfRangeError) -> None:
+        offsets = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+        where = ", ".join(f"partition {tp.partition} from offset {offset}" for tp, offset in offsets.items())
+        super().__init__(
+            f"topic {topic!r} no longer has the messages ingest must read next ({where or error}): they were "
+            "deleted by retention, or the topic was recreated. Stopping rather than skipping them silently. "
+            "Republish the missing events if you have them; to accept the loss, delete the rows "
+            f"'kafka:{topic}:<partition>' from rapport_tracking and restart (ingest then reads from the start)."
+        )
 
 
 class DeadLetterPublisher:
@@ -104,6 +119,7 @@ class IngestConsumer:
         self.log_every_seconds = log_every_seconds
         self.stats = IngestStats()
         self._logged = IngestStats()
+        self._conflicts_in_a_row = 0
 
     # -- positions -----------------------------------------------------------------------
     def seek_to_stored_positions(self, partitions: Iterable[TopicPartition]) -> None:
@@ -149,7 +165,10 @@ class IngestConsumer:
         self.dead_letters.producer.close(timeout=10)
 
     def poll_once(self) -> int:
-        batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+        try:
+            batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+        except OffsetOutOfRangeError as error:
+            raise MissingOffsets(self.topic, error) from None
         records = [record for tp in sorted(batch, key=lambda tp: tp.partition) for record in batch[tp]]
         if not records:
             return 0
@@ -159,9 +178,18 @@ class IngestConsumer:
             # Another member wrote these offsets or customers (a rebalance, a stale cache):
             # nothing of this batch was stored; forget cached state and re-read from the store.
             self.stats.retried_batches += 1
+            self._conflicts_in_a_row += 1
             log.warning("batch not stored (%s); re-reading from the stored positions", error)
             self.store.forget_cached_customers()
+            time.sleep(min(0.1 * 2 ** self._conflicts_in_a_row, 10.0))  # don't spin if it persists
             self.seek_to_stored_positions(self.consumer.assignment())
+        except BaseException:
+            # Cached aggregates may hold events that were never stored: a later save would leave
+            # a gap in their streams. Forget them; the error ends the process.
+            self.store.forget_cached_customers()
+            raise
+        else:
+            self._conflicts_in_a_row = 0
         return len(records)
 
     def process(self, records: Sequence[Any]) -> None:
@@ -176,6 +204,11 @@ class IngestConsumer:
                 envelope = parse_envelope(record.value)
             except InvalidEvent as invalid:
                 rejected.append((record, invalid.reason))
+                continue
+            except Exception as error:  # a bug of ours must not block the partition for ever
+                log.exception("validation failed unexpectedly at %s/%d@%d", record.topic, record.partition, record.offset)
+                rejected.append((record, f"could not be validated ({type(error).__name__}: {error}); "
+                                         "report this to Rapport's maintainers with the message"))
                 continue
             candidates.append(_Accepted(record, envelope, envelope.fingerprint()))
 
@@ -281,7 +314,9 @@ def kafka_consumer(servers: list[str], group_id: str, max_poll_records: int, **o
         bootstrap_servers=servers,
         group_id=group_id,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        # We always seek to the offsets stored in PostgreSQL; if the broker no longer has them,
+        # fail loudly (MissingOffsets) instead of silently jumping over the gap.
+        auto_offset_reset="none",
         max_poll_records=max_poll_records,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,

@@ -58,10 +58,11 @@ def parse_occurred_at(value: object) -> datetime:
     if fraction and len(fraction) > 7:  # Python keeps microseconds: trim nanoseconds, don't fail
         value = value.replace(fraction, fraction[:7], 1)
     try:
-        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+        return datetime.fromisoformat(value.replace("z", "Z")).astimezone(UTC)
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a valid date-time ({exc}); {_TIME_HINT}") from None
-    return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 is past the year 9999 in UTC
+        raise ValueError(f"{value!r} is out of the range of dates (years 1–9999 in UTC)") from None
 
 
 class _Open(BaseModel):
@@ -116,7 +117,8 @@ class EmailData(_Open):
     campaign: str | None = None
 
 
-Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+# Bounded so that sums stay exact (30 digits, 12 after the point: any currency, any unit).
+Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, max_digits=30, decimal_places=12)]
 
 
 class PurchaseItem(_Open):
@@ -222,8 +224,35 @@ def _describe(error: Any, prefix: str = "") -> str:
     return f"{where}: {message}"
 
 
+MAX_REASONS = 20  # a dead letter's reason travels in a Kafka header: keep it readable and small
+MAX_REASON_CHARS = 4000
+
+
 def _errors(exc: ValidationError, prefix: str = "") -> list[str]:
     return [_describe(error, prefix) for error in exc.errors(include_url=False)]
+
+
+def _reason(problems: list[str]) -> str:
+    shown = "; ".join(problems[:MAX_REASONS])
+    if len(problems) > MAX_REASONS:
+        shown += f"; … and {len(problems) - MAX_REASONS} more problems"
+    return shown if len(shown) <= MAX_REASON_CHARS else shown[: MAX_REASON_CHARS - 1] + "…"
+
+
+def _find_nul(obj: object, path: str = "") -> str | None:
+    """Path of the first string (or key) holding U+0000, which PostgreSQL text cannot store."""
+    if isinstance(obj, str):
+        return (path or "message") if "\x00" in obj else None
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key) or (found := _find_nul(value, where)):
+                return found or where
+    elif isinstance(obj, list):
+        for index, value in enumerate(obj):
+            if found := _find_nul(value, f"{path}.{index}"):
+                return found
+    return None
 
 
 def validate_envelope(obj: object) -> Envelope:
@@ -249,8 +278,10 @@ def validate_envelope(obj: object) -> Envelope:
                 # model is frozen and a model_copy per message costs more than the validation.
                 envelope.__dict__["data"] = typed.model_dump(mode="json", exclude_none=True)
     if problems:
-        raise InvalidEvent("; ".join(problems), event_id=event_id)
+        raise InvalidEvent(_reason(problems), event_id=event_id)
     assert envelope is not None
+    if nul := _find_nul(obj):
+        raise InvalidEvent(f"{nul}: contains the character U+0000 (NUL), which text cannot hold", event_id=event_id)
     try:
         envelope.fingerprint()
     except UnicodeEncodeError:
@@ -268,19 +299,33 @@ def parse_envelope(raw: bytes | str) -> Envelope:
         raise InvalidEvent(f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES} (1 MiB)")
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
-        # Decimal keeps every digit of a number sent as a JSON number (money must not be rounded).
-        obj = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
         raise InvalidEvent(f"message is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except InvalidEvent:
-        raise
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent(f"message is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    obj, end = decode_json(text, 0)
+    if text[end:].strip():
+        raise InvalidEvent(f"message is not valid JSON: extra data after the value at character {end}")
     return validate_envelope(obj)
 
 
 def _reject_constant(name: str) -> object:
     raise InvalidEvent(f"message is not valid JSON: {name} is not a JSON number")
+
+
+# Decimal keeps every digit of a number sent as a JSON number (money must not be rounded).
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
+def decode_json(text: str, start: int) -> tuple[Any, int]:
+    """One JSON value of `text` from `start` (after whitespace) and where it ends; the one decoder
+    of Kafka and HTTP input alike. Raises `InvalidEvent`."""
+    while start < len(text) and text[start] in " \t\r\n":
+        start += 1
+    try:
+        return _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(f"message is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidEvent("message is not usable JSON: nested too deeply") from None
 
 
 def _json_kind(obj: object) -> str:

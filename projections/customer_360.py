@@ -275,7 +275,9 @@ def fetch_customer_view(
     conn: Any, customer_id: str, as_of: datetime, thresholds: LifecycleThresholds
 ) -> dict[str, Any] | None:
     """The contract §3 JSON of one customer, or None if unknown."""
-    with conn.cursor() as curs:
+    # One snapshot for the four reads, so the view never mixes two projector commits.
+    with conn.transaction(), conn.cursor() as curs:
+        curs.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         curs.execute("SELECT * FROM customer_360 WHERE customer_id = %s", (customer_id,))
         row = curs.fetchone()
         if row is None:

@@ -15,7 +15,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from eventsourcing.persistence import ApplicationRecorder, Mapper, Tracking
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    IntegrityError,
+    InterfaceError,
+    Mapper,
+    OperationalError,
+    Tracking,
+)
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg.sql import Composable
 
@@ -92,8 +99,23 @@ class ProjectionRunner:
         """Follow the log until `stop` is set."""
         last_log, applied_at_log = time.monotonic(), 0
         log.info("%s: starting after notification %d", self.name, self.recorder.position())
+        failures = 0
         while not stop.is_set():
-            if self.run_once() == 0:
+            try:
+                applied = self.run_once()
+            except IntegrityError as error:
+                # Another runner of this projection applied the page first (its tracking record
+                # moved on): nothing of ours was written; carry on from the new position.
+                log.warning("%s: page already applied elsewhere (%s); continuing", self.name, error)
+                applied = 0
+            except (OperationalError, InterfaceError) as error:
+                failures += 1
+                delay = min(0.5 * 2**failures, 30.0)
+                log.error("%s: database unavailable (%s); retrying in %.1f s", self.name, error, delay)
+                stop.wait(delay)
+                continue
+            failures = 0
+            if applied == 0:
                 stop.wait(self.idle_wait_seconds)
             now = time.monotonic()
             if now - last_log >= self.log_every_seconds and self.applied != applied_at_log:

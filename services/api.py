@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterator
+import threading
+import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from kafka.errors import KafkaError
 from psycopg_pool import ConnectionPool
 
 from consumers.ingest import kafka_producer
-from domain.contract import MAX_MESSAGE_BYTES, InvalidEvent, validate_envelope
+from domain.contract import MAX_MESSAGE_BYTES, InvalidEvent, decode_json, validate_envelope
 from projections.customer_360 import fetch_customer_view
 from projections.runner import TRACKING_TABLE
-from services.bootstrap import PROJECTIONS, read_pool
+from services.bootstrap import PROJECTIONS, ServiceUnavailable, check_kafka, ensure_schema, read_pool
 from services.settings import Settings
 
 MAX_EVENTS_PER_REQUEST = 1000
@@ -29,14 +30,32 @@ class Resources:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        ensure_schema(settings)  # queries never meet a missing table, even on a new database
         self.pool: ConnectionPool = read_pool(settings)
         self._producer: Any = None
+        self._kafka_checked: tuple[float, str] = (0.0, "")
+        self._lock = threading.Lock()
 
     @property
     def producer(self) -> Any:
-        if self._producer is None:
-            self._producer = kafka_producer(self.settings.kafka_servers, max_block_ms=5000)
-        return self._producer
+        with self._lock:
+            if self._producer is None:
+                self._producer = kafka_producer(self.settings.kafka_servers, max_block_ms=5000,
+                                                bootstrap_timeout_ms=5000, request_timeout_ms=10000)
+            return self._producer
+
+    def kafka_status(self) -> str:
+        """'ok', or what is wrong: a real metadata request, cached for 2 s."""
+        checked_at, status = self._kafka_checked
+        if time.monotonic() - checked_at < 2.0:
+            return status
+        try:
+            check_kafka(self.settings, [self.settings.topic])
+            status = "ok"
+        except ServiceUnavailable as error:
+            status = f"unavailable: {str(error).splitlines()[0]}"
+        self._kafka_checked = (time.monotonic(), status)
+        return status
 
     def close(self) -> None:
         if self._producer is not None:
@@ -68,9 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.get("/customers/{customer_id}", summary="The single view of one customer (contract §3)")
+    @app.get("/customers/{customer_id:path}", summary="The single view of one customer (contract §3)")
     def get_customer(
-        customer_id: Annotated[str, Path(min_length=1, max_length=320, description="id, else email, else phone")],
+        customer_id: Annotated[str, Path(min_length=1, description="the customer.id, else the email, else the phone")],
         res: Res,
     ) -> dict[str, Any]:
         with res.pool.connection() as conn:
@@ -90,7 +109,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "errors": errors,
             })
         res: Resources = request.app.state.resources
-        accepted = await run_in_threadpool(publish, res, items)
+        try:
+            accepted = await run_in_threadpool(publish, res, items)
+        except KafkaError as error:
+            return JSONResponse(status_code=503, content={
+                "detail": f"Kafka did not take the events ({type(error).__name__}: {error}); some may have been "
+                "published. Send the same request again: events already received are recognised by event_id "
+                "and ignored.",
+            })
         return JSONResponse(status_code=202, content={"accepted": accepted})
 
     @app.get("/health", summary="200 when PostgreSQL and Kafka answer, 503 naming the failing part")
@@ -102,11 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             checks["postgresql"] = "ok"
         except Exception as error:  # noqa: BLE001 - any failure means unavailable
             checks["postgresql"] = f"unavailable: {error}"
-        try:
-            partitions = res.producer.partitions_for(res.settings.topic)
-            checks["kafka"] = "ok" if partitions else f"topic {res.settings.topic!r} does not exist"
-        except Exception as error:  # noqa: BLE001
-            checks["kafka"] = f"unavailable: {error}"
+        checks["kafka"] = res.kafka_status()
         healthy = all(v == "ok" for v in checks.values())
         return JSONResponse(status_code=200 if healthy else 503,
                             content={"status": "ok" if healthy else "unavailable", "checks": checks})
@@ -136,37 +158,35 @@ def split_events_body(body: bytes) -> tuple[list[tuple[bytes, Any]], list[dict[s
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         return [], [{"index": None, "event_id": None, "reason": f"body is not UTF-8 text ({exc.reason})"}]
-    decoder = json.JSONDecoder(parse_float=Decimal)
     stripped = text.strip()
     if not stripped:
         return [], [{"index": None, "event_id": None, "reason": "body is empty: send one event object or an array"}]
     raw_items: list[tuple[str, Any]] = []
     try:
         if stripped.startswith("["):
-            position = text.index("[") + 1
-            while True:
-                position = _skip(text, position)
-                if text[position] == "]" and not raw_items:
-                    break
-                obj, end = decoder.raw_decode(text, position)
-                raw_items.append((text[position:end], obj))
+            position = _skip(text, text.index("[") + 1)
+            while text[position] != "]" or raw_items:
+                start = _skip(text, position)
+                obj, end = decode_json(text, start)
+                raw_items.append((text[start:end], obj))
                 position = _skip(text, end)
                 if text[position] == "]":
                     break
                 if text[position] != ",":
-                    raise json.JSONDecodeError("expected ',' or ']'", text, position)
+                    raise InvalidEvent(f"body is not valid JSON: expected ',' or ']' at character {position}")
                 position += 1
             if _skip(text, position + 1) != len(text):
-                raise json.JSONDecodeError("extra data after the array", text, position + 1)
+                raise InvalidEvent("body is not valid JSON: extra data after the array")
         else:
-            obj, end = decoder.raw_decode(text, _skip(text, 0))
+            start = _skip(text, 0)
+            obj, end = decode_json(text, start)
             if _skip(text, end) != len(text):
-                raise json.JSONDecodeError("extra data after the event", text, end)
-            raw_items.append((text[_skip(text, 0):end], obj))
-    except (json.JSONDecodeError, IndexError) as exc:
-        reason = f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(
-            exc, json.JSONDecodeError) else "body is not valid JSON: unexpected end"
-        return [], [{"index": None, "event_id": None, "reason": reason}]
+                raise InvalidEvent("body is not valid JSON: extra data after the event")
+            raw_items.append((text[start:end], obj))
+    except InvalidEvent as invalid:
+        return [], [{"index": None, "event_id": None, "reason": invalid.reason.replace("message", "body", 1)}]
+    except IndexError:
+        return [], [{"index": None, "event_id": None, "reason": "body is not valid JSON: it ends too early"}]
     if not raw_items:
         return [], [{"index": None, "event_id": None, "reason": "the array is empty: send at least one event"}]
     if len(raw_items) > MAX_EVENTS_PER_REQUEST:
@@ -206,6 +226,3 @@ def publish(res: Resources, items: list[tuple[bytes, Any]]) -> list[str]:
         future.get(timeout=30)
     return [envelope.event_id for _, envelope in items]
 
-
-def iter_events(items: list[tuple[bytes, Any]]) -> Iterator[str]:
-    return (envelope.event_id for _, envelope in items)

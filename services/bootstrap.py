@@ -56,6 +56,46 @@ def schema_lock(settings: Settings) -> Iterator[None]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
+def check_kafka(settings: Settings, topics: list[str] | None = None) -> None:
+    """Fail fast and clearly when Kafka does not answer or a topic is missing."""
+    import logging
+
+    from kafka.admin import KafkaAdminClient
+
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)  # its retry lines would bury the one message below
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers, client_id="rapport-check",
+                                 request_timeout_ms=5000, bootstrap_timeout_ms=5000)
+    except Exception as error:  # noqa: BLE001 - kafka-python raises several kinds
+        raise ServiceUnavailable(
+            f"cannot reach Kafka at {settings.kafka_bootstrap}: {error}\n"
+            "Start the local stack with `scripts/stack up`, or set RAPPORT_KAFKA_BOOTSTRAP."
+        ) from None
+    finally:
+        kafka_log.setLevel(level)
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    missing = [t for t in topics or [] if t not in existing]
+    if missing:
+        raise ServiceUnavailable(
+            f"Kafka at {settings.kafka_bootstrap} has no topic {', '.join(map(repr, missing))}; "
+            "create it with `rapport topics` (scripts/stack up does too), or set RAPPORT_TOPIC."
+        )
+
+
+def ensure_schema(settings: Settings) -> None:
+    """Create the event store's and the read models' tables if missing (API start-up)."""
+    store = interaction_log(settings)
+    try:
+        projection_runners(settings, store)
+    finally:
+        store.close()
+
+
 def interaction_log(settings: Settings) -> InteractionLog:
     check_database(settings)
     with schema_lock(settings):
@@ -63,6 +103,7 @@ def interaction_log(settings: Settings) -> InteractionLog:
 
 
 def ingest_consumer(settings: Settings, store: InteractionLog | None = None, **consumer_overrides: Any) -> IngestConsumer:
+    check_kafka(settings, [settings.topic, settings.dead_letter_topic])
     store = store or interaction_log(settings)
     return IngestConsumer(
         store=store,

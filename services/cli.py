@@ -10,11 +10,11 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
-from services.settings import Settings
+from services.settings import Settings, describe_settings_errors, settings_help
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS_HELP = "Settings come from RAPPORT_* environment variables; see the README's table."
 
 
 def _stop_on_signals() -> threading.Event:
@@ -30,8 +30,8 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
-    return subprocess.call([str(ROOT / "scripts" / "stack"), *args.stack_args])
+def cmd_stack(args: argparse.Namespace, settings: Settings | None) -> int:
+    return subprocess.call([str(ROOT / "scripts" / "stack"), *(args.stack_args or ["up"])])
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -48,19 +48,32 @@ def cmd_projector(args: argparse.Namespace, settings: Settings) -> int:
     stop = _stop_on_signals()
     store = interaction_log(settings)  # keep a reference: closing the app closes the shared pool
     runners = projection_runners(settings, store)
-    threads = [threading.Thread(target=r.run, args=(stop,), name=r.name) for r in runners]
+    failures: list[str] = []
+
+    def run(runner: Any) -> None:
+        try:
+            runner.run(stop)
+        except Exception:
+            logging.getLogger("rapport.projector").exception("%s failed; stopping", runner.name)
+            failures.append(runner.name)
+            stop.set()  # the process ends non-zero so that a supervisor restarts it
+
+    threads = [threading.Thread(target=run, args=(r,), name=r.name) for r in runners]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     store.close()
-    return 0
+    return 1 if failures else 0
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from services.api import create_app
+    from services.bootstrap import ensure_schema
+
+    ensure_schema(settings)  # also a clear message if PostgreSQL is not there
 
     uvicorn.run(create_app(settings), host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=settings.log_level.lower())
@@ -76,7 +89,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from services.bootstrap import check_kafka
     from services.topics import ensure_topics
+
+    check_kafka(settings)
 
     ensure_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic], partitions=args.partitions)
     print(f"topics ready: {settings.topic}, {settings.dead_letter_topic}")
@@ -91,40 +107,61 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    epilog = settings_help()
     parser = argparse.ArgumentParser(
         prog="rapport",
         description="Rapport: every call, email, purchase and survey response as an immutable event; "
         "the single customer view built from them.",
-        epilog=SETTINGS_HELP,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("stack", help="start/stop the local PostgreSQL and Kafka (scripts/stack)")
-    p.add_argument("stack_args", nargs="*", default=["up"], help="up (default), down, status")
+    p = sub.add_parser("stack", help="start/stop the local PostgreSQL and Kafka (scripts/stack)",
+                       description="Install what is missing, start or stop PostgreSQL and the Kafka broker on 127.0.0.1.",
+                       add_help=False)
+    p.add_argument("stack_args", nargs=argparse.REMAINDER, help="up (default), down [--keep-postgres], status, --help")
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("ingest", help="consume the topic into the event store (exactly once) until SIGTERM",
-                       epilog=SETTINGS_HELP)
+                       description="One member of the ingest consumer group: validates each message, stores new "
+                       "events and the consumed offsets in one PostgreSQL transaction, dead-letters bad ones to "
+                       "<topic>.dlq. Start several to split the partitions. Stops cleanly on SIGTERM/Ctrl-C.",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("projector", help="keep the read models up to date with the event store until SIGTERM",
-                       epilog=SETTINGS_HELP)
+                       description="Follows the event store's log a page at a time and updates the read models "
+                       "(customer_360), rows and position in one transaction. Stops cleanly on SIGTERM/Ctrl-C; "
+                       "exits non-zero if a projection fails.",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=cmd_projector)
 
-    p = sub.add_parser("api", help="serve the HTTP API (OpenAPI page at /docs)", epilog=SETTINGS_HELP)
+    p = sub.add_parser("api", help="serve the HTTP API (OpenAPI page at /docs)",
+                       description="Serves GET /customers/{id}, POST /events, GET /health and GET /projections.",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", help="address to bind (default RAPPORT_API_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default RAPPORT_API_PORT, 8000)")
     p.set_defaults(func=cmd_api)
 
-    p = sub.add_parser("run", help="run ingest, projector and API together until Ctrl-C", epilog=SETTINGS_HELP)
+    p = sub.add_parser("run", help="run ingest, projector and API together until Ctrl-C",
+                       description="Starts `rapport ingest`, `rapport projector` and `rapport api` as child processes; "
+                       "Ctrl-C or SIGTERM stops all three; if one ends on its own, the others are stopped and the "
+                       "exit code is 1.", epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("topics", help="create the topic and its dead-letter topic if missing")
+    p = sub.add_parser("topics", help="create the topic and its dead-letter topic if missing",
+                       description="Creates RAPPORT_TOPIC and RAPPORT_DLQ_TOPIC on the broker if they do not exist.",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--partitions", type=int, default=6, help="partitions of a new topic (default 6)")
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("demo", help="publish a generated data set through Kafka, run everything, print where to look",
-                       epilog=SETTINGS_HELP)
+                       description="Generates a realistic data set (with duplicates, late, conflicting and invalid "
+                       "messages), publishes it to the topic unless the topic already holds messages, runs ingest, "
+                       "projector and API, waits until the customer view is caught up and prints where to look. "
+                       "Expects PostgreSQL and Kafka up (scripts/demo starts them).",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--customers", type=int, default=2000, help="customers to generate (default 2000)")
     p.add_argument("--events", type=int, default=50_000, help="valid events to generate (default 50000)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
@@ -138,10 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is cmd_stack:  # needs no settings of the application
+        return cmd_stack(args, None)  # type: ignore[arg-type]
     try:
         settings = Settings()
-    except Exception as error:  # pydantic names the variable and the rule
-        print(f"rapport: invalid settings: {error}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - reported, with the variable names
+        print(f"rapport: invalid settings:\n{describe_settings_errors(error)}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -150,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # kafka-python warns about routine things (no group on a metadata-only consumer, joins).
     logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLogger().level))
+    from consumers.ingest import MissingOffsets
     from services.bootstrap import ServiceUnavailable
 
     try:
@@ -157,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceUnavailable as error:
         print(f"rapport {args.command}: {error}", file=sys.stderr)
         return 3
+    except MissingOffsets as error:
+        logging.getLogger("rapport.ingest").error("%s", error)
+        return 4
 
 
 if __name__ == "__main__":

@@ -20,28 +20,36 @@ class Processes:
         self.children[command] = subprocess.Popen([sys.executable, "-m", "services.cli", command, *args])
 
     def start_all(self, commands: list[str]) -> None:
-        for command in commands:
-            self.start(command)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        for command in commands:
+            self.start(command)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stopping = True
 
+    def exited(self) -> list[str]:
+        """Children that ended on their own (not asked to): each is a failure, whatever its code."""
+        if self._stopping:
+            return []
+        return [f"`rapport {name}` exited with code {child.returncode}"
+                for name, child in self.children.items() if child.poll() is not None]
+
     def check(self) -> None:
-        """Raise if a child died on its own."""
-        for name, child in self.children.items():
-            code = child.poll()
-            if code is not None and not self._stopping:
-                raise RuntimeError(f"`rapport {name}` exited with code {code}; see its log above")
+        """Raise if a child ended on its own."""
+        if exited := self.exited():
+            raise RuntimeError("; ".join(exited) + "; see its log above")
 
     def wait(self) -> int:
-        """Until a signal arrives or a child exits; then stop the rest."""
-        while not self._stopping and all(c.poll() is None for c in self.children.values()):
+        """Until a signal arrives or a child ends; then stop the rest. Non-zero if a child ended."""
+        while not self._stopping and not self.exited():
             time.sleep(0.2)
-        failed = [n for n, c in self.children.items() if c.poll() not in (None, 0)]
+        exited = self.exited()
         self.stop()
-        return 1 if failed and not self._stopping else 0
+        if exited:
+            print("rapport: " + "; ".join(exited) + "; stopped the others", file=sys.stderr)
+            return 1
+        return 0
 
     def stop(self, timeout: float = 30) -> None:
         self._stopping = True

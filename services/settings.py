@@ -13,7 +13,7 @@ from domain.rules import LifecycleThresholds
 class Settings(BaseSettings):
     """Every setting is an environment variable `RAPPORT_<NAME>`; the README has the table."""
 
-    model_config = SettingsConfigDict(env_prefix="RAPPORT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RAPPORT_", extra="ignore", hide_input_in_errors=True)
 
     database_url: str = Field(
         "postgresql://rapport:rapport@127.0.0.1:5432/rapport",
@@ -40,10 +40,16 @@ class Settings(BaseSettings):
     def _postgres_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.path.strip("/"):
-            raise ValueError(
-                f"{value!r} is not a PostgreSQL URL; use postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
-            )
+            raise ValueError("not a PostgreSQL URL; use postgresql://USER:PASSWORD@HOST:PORT/DBNAME")
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        if value.upper() not in levels:
+            raise ValueError(f"{value!r} is not a logging level; use one of {', '.join(levels)}")
+        return value.upper()
 
     @property
     def dead_letter_topic(self) -> str:
@@ -68,3 +74,23 @@ class Settings(BaseSettings):
     @property
     def kafka_servers(self) -> list[str]:
         return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]
+
+
+def describe_settings_errors(error: Exception) -> str:
+    """pydantic's error as lines `RAPPORT_NAME: what is wrong`, without the values (secrets)."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError):
+        return str(error)
+    return "\n".join(
+        f"  RAPPORT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
+        for e in error.errors(include_url=False)
+    )
+
+
+def settings_help() -> str:
+    """The settings table for `--help`, from the field descriptions."""
+    lines = ["settings (environment variables):"]
+    for name, field in Settings.model_fields.items():
+        lines.append(f"  RAPPORT_{name.upper():<28} {field.description} [default: {field.default!r}]")
+    return "\n".join(lines)
