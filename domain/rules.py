@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from enum import StrEnum
 
 
@@ -153,7 +153,13 @@ def preferred_channel(
     return "phone" if last_inbound_call_at > last_inbound_email_at else "email"
 
 
+# Amounts have at most 30 digits (the contract's bound): with 60 digits of precision, sums of
+# up to 10^29 of them and their averages are exact (Python's default context keeps only 28).
+MONEY_CONTEXT = Context(prec=60, rounding=ROUND_HALF_EVEN)
+
+
 def average_order_value(revenue: Decimal, orders: int) -> Decimal:
     """Revenue / orders, to the same number of decimal places as the revenue."""
     exponent = min(revenue.as_tuple().exponent, 0)  # type: ignore[type-var]
-    return (revenue / orders).quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_EVEN)
+    with localcontext(MONEY_CONTEXT):
+        return (revenue / orders).quantize(Decimal(1).scaleb(exponent))

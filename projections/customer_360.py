@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from psycopg.sql import SQL
@@ -25,6 +25,7 @@ from psycopg.sql import SQL
 from domain.contract import EVENT_TYPES, customer_key
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer
 from domain.rules import (
+    MONEY_CONTEXT,
     LifecycleFact,
     LifecycleThresholds,
     average_order_value,
@@ -38,9 +39,9 @@ NAME = "customer_360"
 CREATE_STATEMENTS = [
     SQL(
         """CREATE TABLE IF NOT EXISTS customer_360 (
-        customer_id text PRIMARY KEY,
-        name text, name_at timestamptz, name_event_id text,
-        emails text[] NOT NULL DEFAULT '{}', phones text[] NOT NULL DEFAULT '{}',
+        customer_id text COLLATE "C" PRIMARY KEY,
+        name text, name_at timestamptz, name_event_id text COLLATE "C",
+        emails text[] COLLATE "C" NOT NULL DEFAULT '{}', phones text[] COLLATE "C" NOT NULL DEFAULT '{}',
         first_seen_at timestamptz NOT NULL, last_seen_at timestamptz NOT NULL,
         calls int NOT NULL DEFAULT 0, emails_count int NOT NULL DEFAULT 0,
         purchases int NOT NULL DEFAULT 0, survey_responses int NOT NULL DEFAULT 0,
@@ -48,23 +49,23 @@ CREATE_STATEMENTS = [
         last_purchase_at timestamptz, last_survey_response_at timestamptz,
         inbound_calls int NOT NULL DEFAULT 0, last_inbound_call_at timestamptz,
         inbound_emails int NOT NULL DEFAULT 0, last_inbound_email_at timestamptz,
-        last_nps_score int, last_nps_at timestamptz, last_nps_event_id text,
-        last_csat_score int, last_csat_at timestamptz, last_csat_event_id text,
+        last_nps_score int, last_nps_at timestamptz, last_nps_event_id text COLLATE "C",
+        last_csat_score int, last_csat_at timestamptz, last_csat_event_id text COLLATE "C",
         nps_sum bigint NOT NULL DEFAULT 0, nps_responses int NOT NULL DEFAULT 0)"""
     ),
     SQL(
         """CREATE TABLE IF NOT EXISTS customer_360_revenue (
-        customer_id text NOT NULL, currency char(3) NOT NULL,
+        customer_id text COLLATE "C" NOT NULL, currency char(3) NOT NULL,
         revenue numeric NOT NULL, orders int NOT NULL,
         PRIMARY KEY (customer_id, currency))"""
     ),
     SQL(
         """CREATE TABLE IF NOT EXISTS customer_360_products (
-        customer_id text NOT NULL, sku text NOT NULL, PRIMARY KEY (customer_id, sku))"""
+        customer_id text COLLATE "C" NOT NULL, sku text COLLATE "C" NOT NULL, PRIMARY KEY (customer_id, sku))"""
     ),
     SQL(
         """CREATE TABLE IF NOT EXISTS customer_360_facts (
-        customer_id text NOT NULL, event_id text NOT NULL, occurred_at timestamptz NOT NULL,
+        customer_id text COLLATE "C" NOT NULL, event_id text COLLATE "C" NOT NULL, occurred_at timestamptz NOT NULL,
         type text NOT NULL, survey_kind text, score int,
         PRIMARY KEY (customer_id, event_id))"""
     ),
@@ -137,13 +138,15 @@ def _latest(value: str, at: str, event_id: str) -> str:
 
 
 # (column, type, merge on conflict): every merge is commutative, so arrival order is irrelevant.
+# Text is compared and sorted by code point (COLLATE "C" in the tables), as Python does, so the
+# SQL merges and the in-page merges in `_Delta` agree whatever the database's collation.
 _CUSTOMER_COLUMNS: list[tuple[str, str, str]] = [
     ("customer_id", "text", ""),
     ("name", "text", _latest("name", "name_at", "name_event_id")),
     ("name_at", "timestamptz", ""),
     ("name_event_id", "text", ""),
-    ("emails", "json", "emails = ARRAY(SELECT DISTINCT e FROM unnest(t.emails || excluded.emails) e ORDER BY e)"),
-    ("phones", "json", "phones = ARRAY(SELECT DISTINCT p FROM unnest(t.phones || excluded.phones) p ORDER BY p)"),
+    ("emails", "json", 'emails = ARRAY(SELECT DISTINCT e COLLATE "C" FROM unnest(t.emails || excluded.emails) e ORDER BY 1)'),
+    ("phones", "json", 'phones = ARRAY(SELECT DISTINCT p COLLATE "C" FROM unnest(t.phones || excluded.phones) p ORDER BY 1)'),
     ("first_seen_at", "timestamptz", "LEAST"),
     ("last_seen_at", "timestamptz", "GREATEST"),
     *((column, "int", "+") for column in ("calls", "emails_count", "purchases", "survey_responses")),
@@ -217,6 +220,10 @@ class Customer360:
     create_statements = CREATE_STATEMENTS
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
+        with localcontext(MONEY_CONTEXT):  # sums of bounded amounts stay exact
+            self._apply(curs, events)
+
+    def _apply(self, curs: Any, events: Sequence[Any]) -> None:
         deltas: dict[str, _Delta] = {}
         revenue: dict[tuple[str, str], list[Any]] = {}
         products: set[tuple[str, str]] = set()
