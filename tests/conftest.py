@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,6 @@ import pytest
 from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_DATABASE = "rapport_test"
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +31,25 @@ def stack() -> None:
 
 
 @pytest.fixture(scope="session")
-def database_url(stack: None) -> str:
-    """A fresh database for this test session, beside the demo's."""
+def database_url(stack: None) -> Iterator[str]:
+    """A fresh database of this test session's own, beside the demo's; dropped at the end."""
     base = Settings()
-    admin = psycopg.conninfo.make_conninfo(**{**base.database, "dbname": base.database["dbname"]})
+    name = f"rapport_test_{os.getpid()}"
+    admin = psycopg.conninfo.make_conninfo(**base.database)
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
     db = base.database
-    return f"postgresql://{db['user']}:{db['password']}@{db['host']}:{db['port']}/{TEST_DATABASE}"
+    yield f"postgresql://{db['user']}:{db['password']}@{db['host']}:{db['port']}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        # FORCE ends this session's leftover connections; it is refused while an autovacuum
+        # worker is in the database (the role may not end it), so then try again briefly.
+        for attempt in range(5):
+            try:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                break
+            except psycopg.Error:
+                time.sleep(0.5 * (attempt + 1))
 
 
 @pytest.fixture

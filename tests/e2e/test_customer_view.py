@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -215,7 +216,21 @@ def test_a_request_with_any_invalid_event_publishes_nothing(settings: Settings, 
 def test_unknown_customer_is_404_and_progress_is_visible(settings: Settings, api: str) -> None:
     status, body = http("GET", f"{api}/customers/{new_customer_id()}")
     assert status == 404 and "no customer" in body["detail"]
+    customer = new_customer_id()
+    publish(settings, [envelope(customer, "email", "2026-05-01T10:00:00Z", {"direction": "inbound"})])
+    wait_for(lambda: http("GET", f"{api}/customers/{customer}")[0] == 200, timeout=60, what="the customer")
     status, body = http("GET", f"{api}/projections")
     assert status == 200
     [item] = body["items"]
-    assert item["name"] == "customer_360" and item["lag"] == item["head"] - item["position"] >= 0
+    # the customer's Registered and EmailLogged events are at least two notifications
+    assert item["name"] == "customer_360" and item["head"] >= 2 and item["position"] >= 2
+    assert item["lag"] == item["head"] - item["position"]
+
+
+def test_customer_ids_with_slashes_and_unicode_are_found(settings: Settings, api: str) -> None:
+    customer = f"crm/{new_customer_id()}/ü"
+    publish(settings, [envelope(customer, "call", "2026-05-01T10:00:00Z", {"direction": "outbound",
+                                                                           "duration_seconds": 5})])
+    url = f"{api}/customers/{urllib.parse.quote(customer)}"
+    status, body = wait_for(lambda: (r := http("GET", url))[0] == 200 and r, timeout=60, what="the customer")
+    assert body["customer_id"] == customer

@@ -154,7 +154,7 @@ def test_a_restarted_consumer_resumes_after_the_stored_offsets(settings: Setting
     assert sorted(stored_event_ids(store, [customer])) == sorted(e["event_id"] for e in first + second)
 
 
-def test_sigterm_style_stop_finishes_cleanly(settings: Settings, store: InteractionLog) -> None:
+def test_a_stop_request_finishes_the_batch_and_leaves_the_group(settings: Settings, store: InteractionLog) -> None:
     customer = new_customer_id()
     publish(settings, [envelope(customer, "call", "2026-06-01T10:00:00Z", CALL)])
     consumer = ingest_consumer(settings, store)
