@@ -66,10 +66,12 @@ def _get_json(url: str) -> Any:
 def run_demo(settings: Settings, customers: int, events: int, seed: int, republish: bool, serve: bool) -> int:
     ensure_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic])
     store = interaction_log(settings)
-    already = sum(end_offsets(settings).values())
+    in_topic = sum(end_offsets(settings).values())
+    in_store = store.recorder.max_notification_id() or 0
     data = None
-    if already and not republish:
-        _say(f"topic {settings.topic!r} already holds {already} messages; not publishing again (use --republish)")
+    if (in_topic or in_store) and not republish:
+        _say(f"topic {settings.topic!r} holds {in_topic} messages and the event store {in_store} events already; "
+             "not publishing the demo data again (use --republish)")
     else:
         _say(f"generating {customers} customers and {events} events over 18 months ...")
         data = generate_demo_data(customers=customers, events=events, seed=seed)
