@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         create_database(admin_settings, args.database)
         created_db = True
-        ensure_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic], partitions=PARTITIONS)
+        ensure_topics(settings.kafka_servers, settings.topic, settings.dead_letter_topic, partitions=PARTITIONS)
         created_topic = True
         _say(f"bench: topic {settings.topic}, database {args.database}, {n:,} events, {args.customers:,} customers")
 

@@ -334,7 +334,7 @@ def kafka_producer(servers: list[str], **overrides: Any) -> KafkaProducer:
     """A producer that waits for the broker to have the message (acks=all)."""
     settings: dict[str, Any] = {
         "bootstrap_servers": servers, "acks": "all", "linger_ms": 20, "batch_size": 512 * 1024,
-        "max_request_size": 2 * 1024 * 1024, "retries": 5,
+        "max_request_size": 5 * 1024 * 1024, "retries": 5,  # dead letters: up to 4 MiB
     }
     settings.update(overrides)
     return KafkaProducer(**settings)

@@ -94,7 +94,7 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
     check_kafka(settings)
 
-    ensure_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic], partitions=args.partitions)
+    ensure_topics(settings.kafka_servers, settings.topic, settings.dead_letter_topic, partitions=args.partitions)
     print(f"topics ready: {settings.topic}, {settings.dead_letter_topic}")
     return 0
 

@@ -64,7 +64,7 @@ def _get_json(url: str) -> Any:
 
 
 def run_demo(settings: Settings, customers: int, events: int, seed: int, republish: bool, serve: bool) -> int:
-    ensure_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic])
+    ensure_topics(settings.kafka_servers, settings.topic, settings.dead_letter_topic)
     store = interaction_log(settings)
     in_topic = sum(end_offsets(settings).values())
     in_store = store.recorder.max_notification_id() or 0

@@ -5,14 +5,22 @@ from __future__ import annotations
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+# The broker takes messages up to 2 MiB (message.max.bytes); a dead letter is such a message
+# plus headers (a reason of at most 4,000 characters), so its topic takes twice as much:
+# a message that reached the topic can always be dead-lettered.
+DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
 
-def ensure_topics(servers: list[str], topics: list[str], partitions: int = 6) -> None:
+
+def ensure_topics(servers: list[str], topic: str, dead_letter_topic: str, partitions: int = 6) -> None:
     admin = KafkaAdminClient(bootstrap_servers=servers, client_id="rapport-admin")
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name=t, num_partitions=partitions, replication_factor=1,
-                            topic_configs={"max.message.bytes": "2097152"})
-                   for t in topics if t not in existing]
+        wanted = [
+            NewTopic(name=topic, num_partitions=partitions, replication_factor=1),
+            NewTopic(name=dead_letter_topic, num_partitions=partitions, replication_factor=1,
+                     topic_configs={"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}),
+        ]
+        missing = [t for t in wanted if t.name not in existing]
         if missing:
             try:
                 admin.create_topics(missing)

@@ -63,7 +63,7 @@ def settings(database_url: str, request: pytest.FixtureRequest) -> Iterator[Sett
         database_url=database_url, topic=topic, consumer_group=f"group-{topic}",
         ingest_poll_timeout_ms=200,
     )
-    ensure_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic])
+    ensure_topics(settings.kafka_servers, settings.topic, settings.dead_letter_topic)
     yield settings
     delete_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic])
 

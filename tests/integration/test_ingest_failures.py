@@ -47,6 +47,7 @@ POISON = {
     "NUL in event_id": json.dumps(envelope("c", "call", "2026-01-01T00:00:00Z", CALL, event_id="a\u0000b")).encode(),
     "60,000 broken items": json.dumps(envelope("c", "purchase", "2026-01-01T00:00:00Z", {
         "order_id": "o", "amount": "1", "currency": "USD", "items": [{}] * 60_000})).encode(),
+    "1.9 MB, over the 1 MiB limit": b'{"padding": "' + b"x" * 1_900_000 + b'"}',
     "amount beyond any currency": json.dumps(envelope("c", "purchase", "2026-01-01T00:00:00Z", {
         "order_id": "o", "amount": "1E+1000000", "currency": "USD"})).encode(),
 }
@@ -101,7 +102,7 @@ def test_a_stale_cached_customer_is_detected_and_the_batch_retried(settings: Set
     and back): the save fails the stream's version check, nothing is half-stored, the batch is redone."""
     customer = new_customer_id()
     other = settings.model_copy(update={"topic": settings.topic + "-other", "consumer_group": settings.consumer_group + "-o"})
-    ensure_topics(other.kafka_servers, [other.topic, other.dead_letter_topic])
+    ensure_topics(other.kafka_servers, other.topic, other.dead_letter_topic)
     try:
         member = ingest_consumer(settings, interaction_log(settings))
         publish(settings, [envelope(customer, "call", "2026-04-01T10:00:00Z", CALL)])
