@@ -6,6 +6,7 @@ The expected views are computed here, from the events the test sent, by the cont
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import socket
@@ -51,7 +52,9 @@ def api(settings: Settings) -> Iterator[str]:
     """`rapport run` (ingest, projector, API) on this test's topic; the API's base URL."""
     port = free_port()
     settings = settings.model_copy(update={"api_port": port})
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], cwd=ROOT, env=settings_env(settings))
+    # Its own process group: if it must be killed, its three children go with it.
+    process = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], cwd=ROOT, env=settings_env(settings),
+                               start_new_session=True)
     base = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -69,7 +72,7 @@ def api(settings: Settings) -> Iterator[str]:
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def iso(moment: datetime) -> str:
