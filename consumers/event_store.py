@@ -106,7 +106,10 @@ class InteractionRecorder(PostgresProcessRecorder):
             curs.executemany(
                 SQL(
                     "INSERT INTO {} (source_topic, source_partition, source_offset, reason, "
-                    "message_key, message_value) VALUES (%s, %s, %s, %s, %s, %s)"
+                    "message_key, message_value) VALUES (%s, %s, %s, %s, %s, %s) "
+                    # Re-reading a range (after recovering from deleted offsets) meets the same
+                    # dead letters again: keep the first record of each.
+                    "ON CONFLICT DO NOTHING"
                 ).format(self.dead_letters_table),
                 [(d.topic, d.partition, d.offset, d.reason, d.key, d.value) for d in dead_letters],
             )
@@ -244,4 +247,9 @@ def store_env(database: Mapping[str, str], cache_size: int) -> dict[str, str]:
         # entry (partition moved) fails the version check and is dropped, so no re-reads.
         "AGGREGATE_CACHE_FASTFORWARD": "n",
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+        # Fixed here so that the process environment cannot change them: with database functions
+        # the library's insert skips `_insert_events` (positions, event_id index, dead letters).
+        "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+        "POSTGRES_SCHEMA": "",
+        "SINGLE_ROW_TRACKING": "y",
     }

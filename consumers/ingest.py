@@ -32,6 +32,7 @@ from domain.customer import Customer, customer_id_for
 log = logging.getLogger("rapport.ingest")
 
 ERROR_HEADER = "rapport-error"
+MAX_RETRIES_IN_A_ROW = 10  # rebalances settle within a few; more means a persistent conflict
 
 
 @dataclass
@@ -179,6 +180,11 @@ class IngestConsumer:
             # nothing of this batch was stored; forget cached state and re-read from the store.
             self.stats.retried_batches += 1
             self._conflicts_in_a_row += 1
+            if self._conflicts_in_a_row > MAX_RETRIES_IN_A_ROW:
+                raise RuntimeError(
+                    f"the same batch failed to store {MAX_RETRIES_IN_A_ROW} times in a row ({error}); "
+                    "stopping instead of retrying for ever"
+                ) from error
             log.warning("batch not stored (%s); re-reading from the stored positions", error)
             self.store.forget_cached_customers()
             time.sleep(min(0.1 * 2 ** self._conflicts_in_a_row, 10.0))  # don't spin if it persists

@@ -72,6 +72,8 @@ class _Open(BaseModel):
 
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+# Identifiers become keys of PostgreSQL indexes (at most 2,704 bytes): bounded like event_id.
+Identifier = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 def _not_boolean(value: object) -> object:
@@ -84,10 +86,10 @@ Integer = Annotated[int, BeforeValidator(_not_boolean)]
 
 
 class CustomerRef(_Open):
-    id: NonEmpty | None = None
-    email: NonEmpty | None = None
-    phone: NonEmpty | None = None
-    name: str | None = None
+    id: Identifier | None = None
+    email: Identifier | None = None
+    phone: Identifier | None = None
+    name: Annotated[str, Field(max_length=500)] | None = None
 
     @model_validator(mode="after")
     def _named(self) -> CustomerRef:
@@ -122,13 +124,13 @@ Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, max_digits=30, decim
 
 
 class PurchaseItem(_Open):
-    sku: NonEmpty
+    sku: Identifier
     quantity: Annotated[Integer, Field(gt=0)]
     unit_price: Money
 
 
 class PurchaseData(_Open):
-    order_id: NonEmpty
+    order_id: Identifier
     amount: Money
     currency: str
     items: list[PurchaseItem] | None = None
@@ -289,6 +291,8 @@ def validate_envelope(obj: object) -> Envelope:
             "message contains an unpaired UTF-16 surrogate escape (like \\ud800), which is not text",
             event_id=event_id,
         ) from None
+    except (ValueError, RecursionError):  # e.g. pydantic's maximum serialization depth
+        raise InvalidEvent("message is not usable JSON: nested too deeply", event_id=event_id) from None
     return envelope
 
 
@@ -326,6 +330,8 @@ def decode_json(text: str, start: int) -> tuple[Any, int]:
         raise InvalidEvent(f"message is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise InvalidEvent("message is not usable JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise InvalidEvent(f"message is not usable JSON: {exc}") from None
 
 
 def _json_kind(obj: object) -> str:

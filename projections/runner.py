@@ -29,6 +29,7 @@ from psycopg.sql import Composable
 log = logging.getLogger("rapport.projector")
 
 TRACKING_TABLE = "projection_tracking"
+MAX_FAILURES_IN_A_ROW = 12
 
 
 class Projection(Protocol):
@@ -110,6 +111,8 @@ class ProjectionRunner:
                 applied = 0
             except (OperationalError, InterfaceError) as error:
                 failures += 1
+                if failures > MAX_FAILURES_IN_A_ROW:  # about 5 minutes: let a supervisor decide
+                    raise
                 delay = min(0.5 * 2**failures, 30.0)
                 log.error("%s: database unavailable (%s); retrying in %.1f s", self.name, error, delay)
                 stop.wait(delay)

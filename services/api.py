@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
@@ -87,11 +87,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
+    # `:path` lets customer ids hold '/'; routes under /customers/{id}/… must be declared above it.
     @app.get("/customers/{customer_id:path}", summary="The single view of one customer (contract §3)")
     def get_customer(
         customer_id: Annotated[str, Path(min_length=1, description="the customer.id, else the email, else the phone")],
         res: Res,
+        as_of: Annotated[str | None, Query(description="contract §5: not built yet (501)")] = None,
+        known_at: Annotated[str | None, Query(description="contract §5: not built yet (501)")] = None,
     ) -> dict[str, Any]:
+        if as_of is not None or known_at is not None:
+            # Silently answering with today's view would mislead an auditor.
+            raise HTTPException(501, "as_of and known_at (contract §5, audit views) are not available yet")
         with res.pool.connection() as conn:
             view = fetch_customer_view(conn, customer_id, datetime.now(UTC), res.settings.thresholds)
         if view is None:
@@ -105,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items, errors = split_events_body(body)
         if errors:
             return JSONResponse(status_code=422, content={
-                "detail": f"{len(errors)} of {max(len(items), 1)} events rejected; nothing was published",
+                "detail": f"{len(errors)} of {max(len(items) + len(errors), 1)} events rejected; nothing was published",
                 "errors": errors,
             })
         res: Resources = request.app.state.resources
@@ -136,12 +142,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/projections", summary="Each read model's position in the event store's log, and its lag")
     def projections(res: Res) -> dict[str, Any]:
         with res.pool.connection() as conn:
-            head = conn.execute("SELECT COALESCE(MAX(notification_id), 0) AS head FROM rapport_events").fetchone()
+            # One statement, one snapshot: a position is never ahead of the head it is compared with.
             rows = conn.execute(
-                f"SELECT application_name, notification_id FROM {TRACKING_TABLE}"  # noqa: S608 - constant
+                "SELECT t.application_name, t.notification_id, "
+                "(SELECT COALESCE(MAX(notification_id), 0) FROM rapport_events) AS head "
+                f"FROM (SELECT NULL) AS one LEFT JOIN {TRACKING_TABLE} t ON true"  # noqa: S608 - constant
             ).fetchall()
-        positions = {r["application_name"]: r["notification_id"] for r in rows}
-        head_id = head["head"] if head else 0
+        positions = {r["application_name"]: r["notification_id"] for r in rows if r["application_name"]}
+        head_id = rows[0]["head"] if rows else 0
         return {"items": [
             {"name": p.name, "position": positions.get(p.name, 0), "head": head_id,
              "lag": head_id - positions.get(p.name, 0)}

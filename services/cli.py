@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stack"]:  # everything after it, --help included, is the script's
+        return subprocess.call([str(ROOT / "scripts" / "stack"), *(argv[1:] or ["up"])])
     args = build_parser().parse_args(argv)
     if args.func is cmd_stack:  # needs no settings of the application
         return cmd_stack(args, None)  # type: ignore[arg-type]
@@ -200,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     except MissingOffsets as error:
         logging.getLogger("rapport.ingest").error("%s", error)
         return 4
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ def _wait(bar_desc: str, total: int, progress: Any, processes: Processes, timeou
             bar.update(done - bar.n)
             if done >= total:
                 return
+            if processes.stopping:
+                raise KeyboardInterrupt
             processes.check()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{bar_desc}: not done after {timeout:.0f} s ({done} of {total})")
@@ -132,6 +134,8 @@ def _wait_for_api(base: str, processes: Processes, timeout: float = 60) -> None:
             _get_json(f"{base}/health")
             return
         except OSError:
+            if processes.stopping:
+                raise KeyboardInterrupt from None
             processes.check()
             if time.monotonic() > deadline:
                 raise

@@ -45,11 +45,17 @@ class Processes:
         while not self._stopping and not self.exited():
             time.sleep(0.2)
         exited = self.exited()
+        codes = [c.returncode for c in self.children.values() if c.returncode not in (None, 0)]
         self.stop()
         if exited:
             print("rapport: " + "; ".join(exited) + "; stopped the others", file=sys.stderr)
-            return 1
+            return codes[0] if codes else 1  # the first failing child's code (3, 4 keep their meaning)
         return 0
+
+    @property
+    def stopping(self) -> bool:
+        """A signal asked everything to stop."""
+        return self._stopping
 
     def stop(self, timeout: float = 30) -> None:
         self._stopping = True

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.rules import LifecycleThresholds
@@ -39,9 +41,36 @@ class Settings(BaseSettings):
     @classmethod
     def _postgres_url(cls, value: str) -> str:
         parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError:
+            raise ValueError("the port is not a number 1–65535") from None
         if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.path.strip("/"):
             raise ValueError("not a PostgreSQL URL; use postgresql://USER:PASSWORD@HOST:PORT/DBNAME")
         return value
+
+    @field_validator("topic", "dlq_topic")
+    @classmethod
+    def _topic_name(cls, value: str, info: Any) -> str:
+        if value == "" and info.field_name == "dlq_topic":
+            return value  # default: <topic>.dlq
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+            raise ValueError(f"{value!r} is not a Kafka topic name: 1–249 of letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers or not all(re.fullmatch(r"[^:\s]+:\d{1,5}", s) for s in servers):
+            raise ValueError("use HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:9092")
+        return value
+
+    @model_validator(mode="after")
+    def _topics_differ(self) -> Settings:
+        if self.dead_letter_topic == self.topic:
+            raise ValueError("RAPPORT_DLQ_TOPIC must differ from RAPPORT_TOPIC (dead letters would be read again)")
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -83,7 +112,8 @@ def describe_settings_errors(error: Exception) -> str:
     if not isinstance(error, ValidationError):
         return str(error)
     return "\n".join(
-        f"  RAPPORT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
+        f"  {'RAPPORT_' + '_'.join(str(p) for p in e['loc']).upper() if e['loc'] else 'settings'}: "
+        f"{e['msg'].removeprefix('Value error, ')}"
         for e in error.errors(include_url=False)
     )
 

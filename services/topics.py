@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 # The broker takes messages up to 2 MiB (message.max.bytes); a dead letter is such a message
@@ -26,6 +26,9 @@ def ensure_topics(servers: list[str], topic: str, dead_letter_topic: str, partit
                 admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass  # created meanwhile by another process
+        if dead_letter_topic in existing:  # made before the limit was raised: raise it now
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, dead_letter_topic,
+                                                configs={"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)})])
     finally:
         admin.close()
 
