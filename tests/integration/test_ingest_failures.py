@@ -47,6 +47,7 @@ POISON = {
     "NUL in event_id": json.dumps(envelope("c", "call", "2026-01-01T00:00:00Z", CALL, event_id="a\u0000b")).encode(),
     "60,000 broken items": json.dumps(envelope("c", "purchase", "2026-01-01T00:00:00Z", {
         "order_id": "o", "amount": "1", "currency": "USD", "items": [{}] * 60_000})).encode(),
+    "customer id too long for an index": json.dumps(envelope("c" * 6000, "call", "2026-01-01T00:00:00Z", CALL)).encode(),
     "1.9 MB, over the 1 MiB limit": b'{"padding": "' + b"x" * 1_900_000 + b'"}',
     "amount beyond any currency": json.dumps(envelope("c", "purchase", "2026-01-01T00:00:00Z", {
         "order_id": "o", "amount": "1E+1000000", "currency": "USD"})).encode(),
