@@ -12,11 +12,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 
 from services.settings import Settings
+
+if TYPE_CHECKING:
+    from consumers.event_store import InteractionLog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +70,16 @@ def settings(database_url: str, request: pytest.FixtureRequest) -> Iterator[Sett
     ensure_topics(settings.kafka_servers, settings.topic, settings.dead_letter_topic)
     yield settings
     delete_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic])
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[InteractionLog]:
+    """The event store of this test's settings."""
+    from services.bootstrap import interaction_log
+
+    log = interaction_log(settings)
+    yield log
+    log.close()
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:

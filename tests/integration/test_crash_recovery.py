@@ -6,13 +6,12 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 
 from consumers.event_store import InteractionLog
-from services.bootstrap import ingest_consumer, interaction_log, projection_runners
+from services.bootstrap import ingest_consumer, projection_runners
 from services.settings import Settings
 from tests.conftest import ROOT, settings_env
 from tests.support import drain, end_offsets, envelope, new_customer_id, publish, stored_event_ids, wait_for
@@ -51,13 +50,6 @@ def stored_count(store: InteractionLog, topic: str) -> int:
     with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
         row = conn.execute("SELECT count(*) AS n FROM rapport_event_ids WHERE source_topic = %s", (topic,)).fetchone()
     return int(row["n"])
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[InteractionLog]:
-    log = interaction_log(settings)
-    yield log
-    log.close()
 
 
 def kill_mid_stream(process: subprocess.Popen[bytes], progress: callable, total: int) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,13 +16,6 @@ from tests.support import drain, encode, envelope, new_customer_id, publish, rea
 pytestmark = pytest.mark.integration
 
 CALL = {"direction": "inbound", "duration_seconds": 60}
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[InteractionLog]:
-    log = interaction_log(settings)
-    yield log
-    log.close()
 
 
 def test_valid_events_are_stored_once_and_duplicates_are_ignored(settings: Settings, store: InteractionLog) -> None:

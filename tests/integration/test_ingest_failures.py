@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 from kafka import TopicPartition
@@ -32,13 +31,6 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 CALL = {"direction": "inbound", "duration_seconds": 60}
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[InteractionLog]:
-    log = interaction_log(settings)
-    yield log
-    log.close()
 
 
 POISON = {
