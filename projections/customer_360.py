@@ -281,7 +281,7 @@ def _utc(value: datetime | None) -> str | None:
 def fetch_customer_view(
     conn: Any, customer_id: str, as_of: datetime, thresholds: LifecycleThresholds
 ) -> dict[str, Any] | None:
-    """The contract §3 JSON of one customer, or None if unknown."""
+    """The contract §3 JSON of one customer, or None if unknown (`conn` returns dict rows)."""
     # One snapshot for the four reads, so the view never mixes two projector commits.
     with conn.transaction(), conn.cursor() as curs:
         curs.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -289,20 +289,19 @@ def fetch_customer_view(
         row = curs.fetchone()
         if row is None:
             return None
-        row = row if isinstance(row, dict) else dict(zip([c.name for c in curs.description], row, strict=True))
         curs.execute(
             "SELECT currency, revenue, orders FROM customer_360_revenue WHERE customer_id = %s ORDER BY currency",
             (customer_id,),
         )
-        revenue = [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in curs.fetchall()]
+        revenue = [(r["currency"], r["revenue"], r["orders"]) for r in curs.fetchall()]
         curs.execute("SELECT sku FROM customer_360_products WHERE customer_id = %s ORDER BY sku", (customer_id,))
-        products = [(r["sku"] if isinstance(r, dict) else r[0]) for r in curs.fetchall()]
+        products = [r["sku"] for r in curs.fetchall()]
         curs.execute(
             "SELECT occurred_at, event_id, type, survey_kind, score FROM customer_360_facts WHERE customer_id = %s",
             (customer_id,),
         )
         facts = [
-            LifecycleFact(*(r.values() if isinstance(r, dict) else r)) for r in curs.fetchall()
+            LifecycleFact(**r) for r in curs.fetchall()
         ]
     orders = sum(n for _, _, n in revenue)
     lifecycle = lifecycle_at(facts, as_of, thresholds)
