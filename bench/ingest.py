@@ -48,9 +48,9 @@ from tqdm import tqdm  # noqa: E402
 
 from consumers.ingest import kafka_consumer, kafka_producer  # noqa: E402
 from services import bootstrap  # noqa: E402
-from services.demo_data import generate_demo_data  # noqa: E402
 from services.settings import Settings  # noqa: E402
 from services.topics import delete_topics, ensure_topics  # noqa: E402
+from tools.demo_data import generate_demo_data  # noqa: E402
 
 PARTITIONS = 6
 MB = 1024 * 1024

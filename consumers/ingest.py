@@ -25,9 +25,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import OffsetOutOfRangeError
 
-from consumers.event_store import DeadLetterRow, EventIdRow, InteractionLog, kafka_position_name
 from domain.contract import Envelope, InvalidEvent, parse_envelope
 from domain.customer import Customer, customer_id_for
+from eventstore.store import DeadLetterRow, EventIdRow, InteractionLog, kafka_position_name
 
 log = logging.getLogger("rapport.ingest")
 

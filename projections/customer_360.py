@@ -24,15 +24,8 @@ from psycopg.sql import SQL
 
 from domain.contract import EVENT_TYPES, customer_key
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer
-from domain.rules import (
-    MONEY_CONTEXT,
-    LifecycleFact,
-    LifecycleThresholds,
-    average_order_value,
-    lifecycle_at,
-    nps_category,
-    preferred_channel,
-)
+from domain.lifecycle import LifecycleFact, LifecycleThresholds, lifecycle_at
+from domain.rules import MONEY_CONTEXT, average_order_value, nps_category, preferred_channel
 
 NAME = "customer_360"
 

@@ -10,8 +10,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from consumers.event_store import InteractionLog, store_env
 from consumers.ingest import DeadLetterPublisher, IngestConsumer, kafka_consumer, kafka_producer
+from eventstore.store import InteractionLog, store_env
 from projections.customer_360 import Customer360
 from projections.runner import ProjectionRecorder, ProjectionRunner
 from services.settings import Settings

@@ -70,8 +70,8 @@ def cmd_projector(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from services.api import create_app
     from services.bootstrap import ensure_schema
+    from services.http.app import create_app
 
     ensure_schema(settings)  # also a clear message if PostgreSQL is not there
 

@@ -13,10 +13,10 @@ from tqdm import tqdm
 
 from consumers.ingest import kafka_producer
 from services.bootstrap import interaction_log, projection_runners
-from services.demo_data import generate_demo_data
 from services.processes import Processes
 from services.settings import Settings
 from services.topics import ensure_topics
+from tools.demo_data import generate_demo_data
 
 
 def _say(message: str) -> None:

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from domain.rules import LifecycleThresholds
+from domain.lifecycle import LifecycleThresholds
 
 
 class Settings(BaseSettings):

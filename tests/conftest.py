@@ -20,7 +20,7 @@ import pytest
 from services.settings import Settings
 
 if TYPE_CHECKING:
-    from consumers.event_store import InteractionLog
+    from eventstore.store import InteractionLog
 
 ROOT = Path(__file__).resolve().parents[1]
 

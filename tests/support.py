@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 
-from consumers.event_store import InteractionLog
 from consumers.ingest import IngestConsumer, kafka_producer
 from domain.customer import customer_id_for
+from eventstore.store import InteractionLog
 from services.settings import Settings
 
 T = TypeVar("T")

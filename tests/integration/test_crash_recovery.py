@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from consumers.event_store import InteractionLog
+from eventstore.store import InteractionLog
 from services.bootstrap import ingest_consumer, projection_runners
 from services.settings import Settings
 from tests.conftest import ROOT, settings_env

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumers.event_store import InteractionLog
 from domain.contract import validate_envelope
 from domain.customer import Customer
+from eventstore.store import InteractionLog
 from projections.customer_360 import Customer360, fetch_customer_view
 from services.bootstrap import interaction_log, projection_runners, read_pool
 from services.settings import Settings

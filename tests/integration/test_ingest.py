@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from consumers.event_store import InteractionLog
 from domain.customer import customer_id_for
+from eventstore.store import InteractionLog
 from services.bootstrap import ingest_consumer, interaction_log
 from services.settings import Settings
 from tests.support import drain, encode, envelope, new_customer_id, publish, read_topic, stored_event_ids, wait_for

@@ -10,10 +10,10 @@ import pytest
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from consumers.event_store import InteractionLog
 from consumers.ingest import MissingOffsets
 from domain.contract import MAX_REASON_CHARS
 from domain.customer import customer_id_for
+from eventstore.store import InteractionLog
 from services.bootstrap import ingest_consumer, interaction_log
 from services.settings import Settings
 from services.topics import delete_topics, ensure_topics

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 
 import pytest
 
-from services.demo_data import DemoDataSet, generate_demo_data
+from tools.demo_data import DemoDataSet, generate_demo_data
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TYPES = ("call", "email", "purchase", "survey_response")

@@ -8,16 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from domain.rules import (
-    LifecycleFact,
-    LifecycleState,
-    LifecycleThresholds,
-    Stage,
-    average_order_value,
-    lifecycle_at,
-    nps_category,
-    preferred_channel,
-)
+from domain.lifecycle import LifecycleFact, LifecycleState, LifecycleThresholds, Stage, lifecycle_at
+from domain.rules import average_order_value, nps_category, preferred_channel
 
 T0 = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)
 DEFAULT = LifecycleThresholds()

@@ -19,8 +19,7 @@ from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from psycopg.sql import SQL, Identifier
 
 from domain.customer import Customer
-
-APPLICATION_NAME = "Rapport"  # tables rapport_events, rapport_tracking
+from eventstore import tables
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,8 @@ class InteractionRecorder(PostgresProcessRecorder):
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         schema = Identifier(self.datastore.schema)
-        self.event_ids_table = SQL("{}.rapport_event_ids").format(schema)
-        self.dead_letters_table = SQL("{}.rapport_dead_letters").format(schema)
+        self.event_ids_table = SQL("{}.{}").format(schema, Identifier(tables.EVENT_IDS))
+        self.dead_letters_table = SQL("{}.{}").format(schema, Identifier(tables.DEAD_LETTERS))
         self.sql_create_statements += [
             SQL(
                 "CREATE TABLE IF NOT EXISTS {} ("
@@ -174,7 +173,7 @@ class InteractionRecorder(PostgresProcessRecorder):
 class InteractionLog(Application[UUID]):
     """The system of record: every customer's interactions, kept forever in PostgreSQL."""
 
-    name = APPLICATION_NAME
+    name = tables.APPLICATION_NAME
 
     def construct_recorder(self) -> InteractionRecorder:  # type: ignore[override]
         factory = self.factory
@@ -186,8 +185,8 @@ class InteractionLog(Application[UUID]):
             )
         recorder = InteractionRecorder(
             factory.datastore,
-            events_table_name=f"{self.name.lower()}_events",
-            tracking_table_name=f"{self.name.lower()}_tracking",
+            events_table_name=tables.EVENTS,
+            tracking_table_name=tables.KAFKA_POSITIONS,
         )
         if factory.env_create_table():
             recorder.create_table()

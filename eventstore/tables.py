@@ -1,0 +1,7 @@
+"""Names of the event store's tables, in one place: everything else imports them from here."""
+
+APPLICATION_NAME = "Rapport"  # eventsourcing derives its table names from it
+EVENTS = "rapport_events"  # eventsourcing's events table: the log, in notification order
+KAFKA_POSITIONS = "rapport_tracking"  # eventsourcing's tracking table: last offset per partition
+EVENT_IDS = "rapport_event_ids"  # event_id -> content fingerprint, for duplicates and conflicts
+DEAD_LETTERS = "rapport_dead_letters"  # every rejected message, once, with its reason

@@ -1,0 +1,36 @@
+"""The HTTP API (contract §2, §3, §3b, §5): one router per resource, assembled here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.http import customers, errors, events, operations
+from services.http.resources import Resources
+from services.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.resources = Resources(settings)
+        yield
+        app.state.resources.close()
+
+    app = FastAPI(
+        title="Rapport",
+        version="1",
+        description="Event-sourced customer-interaction tracker: publish interactions, read the customer view, "
+        "lifecycle and satisfaction read models.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(events.router)
+    # Routes under /customers/{id}/... come before /customers/{id:path}, which would swallow them.
+    app.include_router(customers.router)
+    app.include_router(operations.router)
+    return app
