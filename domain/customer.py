@@ -9,7 +9,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.contract import Envelope
+from domain.contract import Envelope, customer_key
 
 # Fixed forever: customer ids are derived from it, so changing it would orphan every stream.
 CUSTOMER_NAMESPACE = UUID("5d0c6e52-4a36-4f7e-9a5c-2f1f3c1f8a10")
@@ -31,7 +31,7 @@ class Customer(Aggregate):
     def __init__(self, customer_key: str) -> None:
         self.customer_key = customer_key
         self.name: str | None = None
-        self.name_occurred_at: datetime | None = None
+        self.name_key: tuple[datetime, str] | None = None  # (occurred_at, event_id) of the name
         self.emails: list[str] = []
         self.phones: list[str] = []
         self.interactions = 0
@@ -47,8 +47,15 @@ class Customer(Aggregate):
         data: dict[str, Any]
         extra: dict[str, Any]
 
+        @property
+        def customer_key(self) -> str:
+            """The customer key this event was recorded under (contract §1: id, else email, else phone)."""
+            key = customer_key(self.customer)
+            assert key is not None
+            return key
+
         def apply(self, aggregate: Customer) -> None:  # type: ignore[override]
-            aggregate.note_identifiers(self.customer, self.occurred_at)
+            aggregate.note_identifiers(self.customer, self.occurred_at, self.event_id)
             aggregate.interactions += 1
 
     class CallLogged(Interaction):
@@ -78,15 +85,16 @@ class Customer(Aggregate):
             extra={k: v for k, v in content.items() if k not in known},
         )
 
-    def note_identifiers(self, customer: dict[str, Any], occurred_at: datetime) -> None:
+    def note_identifiers(self, customer: dict[str, Any], occurred_at: datetime, event_id: str) -> None:
         email, phone, name = customer.get("email"), customer.get("phone"), customer.get("name")
         if email and email not in self.emails:
             self.emails.append(email)
         if phone and phone not in self.phones:
             self.phones.append(phone)
-        # The name with the latest event time wins, whatever order events arrive in.
-        if name and (self.name_occurred_at is None or occurred_at >= self.name_occurred_at):
-            self.name, self.name_occurred_at = name, occurred_at
+        # The name of the latest event, by (occurred_at, event_id) as in every read model, wins
+        # whatever order events arrive in.
+        if name and (self.name_key is None or (occurred_at, event_id) > self.name_key):
+            self.name, self.name_key = name, (occurred_at, event_id)
 
 
 EVENT_CLASS_BY_TYPE: dict[str, type[Customer.Interaction]] = {

@@ -15,6 +15,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from domain.rules import nps_category
+from domain.satisfaction import is_alarm_answer
+
 
 class Stage(StrEnum):
     REACHED = "reached"
@@ -76,11 +79,6 @@ class StageInterval:
         return self.since < at if self.by_time else self.since <= at
 
 
-def is_alarm_answer(kind: str | None, score: int | None) -> bool:
-    """Contract §3b: an alarm answer is an NPS score below 6 or a CSAT score below 3."""
-    return score is not None and ((kind == "nps" and score < 6) or (kind == "csat" and score < 3))
-
-
 @dataclass
 class _Summary:
     """The facts folded up to a moment; 'latest' means the greatest (occurred_at, event_id)."""
@@ -112,7 +110,7 @@ class _Summary:
         if self.last_purchase_at is not None and at - self.last_purchase_at > timedelta(days=thresholds.at_risk_days):
             return Stage.AT_RISK
         if self.purchases >= 2:
-            return Stage.ADVOCATE if self.latest_nps in (9, 10) else Stage.RETAINED
+            return Stage.ADVOCATE if nps_category(self.latest_nps) == "promoter" else Stage.RETAINED
         return Stage.ACQUIRED if self.purchases == 1 else Stage.REACHED
 
     def threshold_moments(self, thresholds: LifecycleThresholds) -> list[tuple[datetime, str]]:
@@ -159,15 +157,18 @@ def _cause(stage: Stage, group: Sequence[LifecycleFact], summary: _Summary,
 class LifecycleFold:
     """Facts folded in event time, with the stage changes found so far.
 
-    `changes` holds every change up to the latest fact's moment; the changes the passing of time
-    will bring after it are derived by `history()`. A fact later than every folded one continues
-    the fold (`can_continue_with`); an earlier one needs a new fold of all the facts.
+    `changes` holds the changes up to the latest fact's moment, the first of them being number
+    `first_seq` of the history (a stored fold keeps only the last: the earlier ones are final);
+    the changes the passing of time will bring after the latest fact are derived by `history()`.
+    A fact later than every folded one continues the fold (`can_continue_with`); an earlier one
+    needs a new fold of all the facts.
     """
 
     thresholds: LifecycleThresholds
     summary: _Summary = field(default_factory=_Summary)
     last_key: tuple[datetime, str] | None = None
     changes: list[StageInterval] = field(default_factory=list)
+    first_seq: int = 0
 
     def can_continue_with(self, facts: Iterable[LifecycleFact]) -> bool:
         last = self.last_key
@@ -213,20 +214,22 @@ class LifecycleFold:
 
     def history(self) -> list[StageInterval]:
         """Every interval, oldest first, including those the passing of time will bring."""
-        ahead = LifecycleFold(self.thresholds, _Summary(**asdict(self.summary)), self.last_key, list(self.changes))
+        ahead = LifecycleFold(self.thresholds, _Summary(**asdict(self.summary)), self.last_key, list(self.changes),
+                              self.first_seq)
         ahead._time_passes(until=None)
         return ahead.changes
 
     # -- storage: the read model keeps the fold to continue it with the next page -----------
     def to_json(self) -> dict[str, Any]:
-        """The fold as JSON-ready values (times as ISO 8601 strings)."""
+        """The fold as JSON-ready values (times as ISO 8601 strings), with only its last change."""
         return {
+            "first_seq": self.first_seq + max(len(self.changes) - 1, 0),
             "summary": {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self.summary).items()},
             "last_key": [self.last_key[0].isoformat(), self.last_key[1]] if self.last_key else None,
             "changes": [
                 [c.stage.value, c.since.isoformat(), c.until.isoformat() if c.until else None, c.reason, c.event_id,
                  c.previous_stage.value if c.previous_stage else None]
-                for c in self.changes
+                for c in self.changes[-1:]
             ],
         }
 
@@ -245,6 +248,7 @@ class LifecycleFold:
             (datetime.fromisoformat(last[0]), last[1]) if last else None,
             [StageInterval(Stage(s), time(since), time(until), reason, event_id, Stage(prev) if prev else None)  # type: ignore[arg-type]
              for s, since, until, reason, event_id, prev in data["changes"]],
+            data["first_seq"],
         )
 
 

@@ -1,10 +1,14 @@
-"""The projection runner: follows the event store's notification log, a page at a time.
+"""The projector: follows the event store's notification log and keeps many read models current.
 
-Delivery guarantee: exactly-once. Each page of events and the projection's new position
-are written in ONE transaction (eventsourcing's tracking record, which only moves forward,
-so two runners of one projection cannot both apply a page). After a crash the runner
-resumes after the last committed position. The event store commits in notification-id
-order (its EXCLUSIVE table lock), so reading past an id never skips one committed later.
+Delivery guarantee: exactly-once per read model. Each page of the log is read and decoded ONCE
+for all read models; in ONE transaction each read model applies the events past its own position
+and records its new position (eventsourcing's tracking record, which only moves forward, so two
+projectors cannot both apply a page). After a crash the projector resumes after the last
+committed positions. The event store commits in notification-id order (its EXCLUSIVE table
+lock), so reading past an id never skips one committed later.
+
+A read model that raises on an event *parks* that event (table `projection_parked`, with the
+error and the stored event) and goes on with the rest; `retry_parked` applies parked events again.
 """
 
 from __future__ import annotations
@@ -12,109 +16,251 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
+import psycopg
 from eventsourcing.persistence import (
     ApplicationRecorder,
     IntegrityError,
     InterfaceError,
     Mapper,
+    Notification,
     OperationalError,
+    StoredEvent,
     Tracking,
 )
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from psycopg.sql import Composable
+from psycopg.sql import SQL
+
+from eventstore import tables
+from projections.readmodel import LIVE_SCHEMA, ReadModel
 
 log = logging.getLogger("rapport.projector")
 
 TRACKING_TABLE = "projection_tracking"
+PARKED_TABLE = "projection_parked"
 MAX_FAILURES_IN_A_ROW = 12
+# Errors of the connection or the server, not of an event: retried, never parked.
+UNAVAILABLE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 
 
-class Projection(Protocol):
-    """A read model: its tables and how a page of domain events changes them."""
+@dataclass(frozen=True)
+class Undecodable:
+    """A stored event the mapper could not turn into a domain event: parked by every read model."""
 
-    name: str
-    create_statements: Sequence[Composable]
-
-    def apply(self, curs: Any, events: Sequence[Any]) -> None:
-        """Apply a page of events (in notification order) with set-based SQL on `curs`."""
+    error: str
 
 
-class ProjectionRecorder(PostgresTrackingRecorder):
-    """Writes a projection's rows and its position in one transaction."""
+def lock_key(tracking_name: str) -> int:
+    """Advisory lock of one read model's tables: pages, retries of parked events and swaps of a
+    rebuilt copy take it, so they never interleave."""
+    return zlib.crc32(f"rapport-projection:{tracking_name}".encode()) - 2**31
 
-    def __init__(self, datastore: PostgresDatastore, projection: Projection) -> None:
+
+class ProjectionStore(PostgresTrackingRecorder):
+    """Positions of the read models (`projection_tracking`) and their parked events."""
+
+    def __init__(self, datastore: PostgresDatastore) -> None:
         super().__init__(datastore, tracking_table_name=TRACKING_TABLE)
-        self.projection = projection
-        self.sql_create_statements += list(projection.create_statements)
+        self.sql_create_statements.append(SQL(
+            f"CREATE TABLE IF NOT EXISTS {PARKED_TABLE} ("  # type: ignore[arg-type]
+            "read_model text NOT NULL, notification_id bigint NOT NULL, originator_id uuid NOT NULL, "
+            "originator_version int NOT NULL, topic text NOT NULL, state bytea NOT NULL, error text NOT NULL, "
+            "attempts int NOT NULL DEFAULT 1, parked_at timestamptz NOT NULL DEFAULT now(), "
+            "PRIMARY KEY (read_model, notification_id))"
+        ))
 
-    def position(self) -> int:
-        return self.max_tracking_id(self.projection.name) or 0
+    def read_positions(self, names: Sequence[str]) -> dict[str, int]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            return positions(curs, names)
 
-    def apply_page(self, events: Sequence[Any], last_notification_id: int) -> None:
-        with self.datastore.transaction(commit=True) as curs:
-            self.projection.apply(curs, events)
-            self._insert_tracking(curs, Tracking(self.projection.name, last_notification_id))
-
-
-class ProjectionRunner:
-    """Keeps one projection up to date with the event store."""
-
-    def __init__(
-        self,
-        source: ApplicationRecorder,
-        mapper: Mapper[Any],
-        recorder: ProjectionRecorder,
-        page_size: int = 2000,
-        idle_wait_seconds: float = 0.1,
-        log_every_seconds: float = 10.0,
-    ) -> None:
-        self.source = source
-        self.mapper = mapper
-        self.recorder = recorder
-        self.page_size = page_size
-        self.idle_wait_seconds = idle_wait_seconds
-        self.log_every_seconds = log_every_seconds
-        self.applied = 0
-
-    @property
-    def name(self) -> str:
-        return self.recorder.projection.name
-
-    def run_once(self) -> int:
-        """Apply the next page, if any; the number of events applied."""
-        position = self.recorder.position()
-        notifications = self.source.select_notifications(
-            start=position, limit=self.page_size, inclusive_of_start=False
+    def park(self, curs: Any, name: str, notification: Notification, error: BaseException | str) -> None:
+        curs.execute(
+            f"INSERT INTO {PARKED_TABLE} (read_model, notification_id, originator_id, originator_version, topic, "
+            "state, error) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (read_model, notification_id) "
+            "DO UPDATE SET error = excluded.error, attempts = projection_parked.attempts + 1",
+            (name, notification.id, notification.originator_id, notification.originator_version,
+             notification.topic, notification.state, describe(error)),
         )
+
+
+def projection_status(conn: Any, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per read model: position, the log's head, lag in events and in seconds (age of the oldest
+    event not yet applied), events parked. One snapshot for all (`conn` gives dict rows)."""
+    with conn.transaction(), conn.cursor() as curs:
+        curs.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        at = positions(curs, names)
+        curs.execute(f"SELECT COALESCE(MAX(notification_id), 0) AS head FROM {tables.EVENTS}")
+        head = curs.fetchone()["head"]
+        curs.execute(f"SELECT read_model, count(*) AS n FROM {PARKED_TABLE} GROUP BY 1")
+        parked = {row["read_model"]: row["n"] for row in curs.fetchall()}
+        result = []
+        for name in names:
+            lag_seconds = 0.0
+            if at[name] < head:
+                curs.execute(
+                    f"SELECT extract(epoch FROM now() - {tables.RECORDED_AT_SQL}) AS age FROM {tables.EVENTS} "
+                    "WHERE notification_id > %s ORDER BY notification_id LIMIT 1", (at[name],))
+                row = curs.fetchone()
+                lag_seconds = max(float(row["age"]), 0.0) if row else 0.0
+            result.append({"name": name, "position": at[name], "head": head, "lag": head - at[name],
+                           "lag_seconds": round(lag_seconds, 3),
+                           "parked": parked.get(name, 0)})
+        return result
+
+
+def positions(curs: Any, names: Sequence[str]) -> dict[str, int]:
+    """Each read model's position (0 before its first page)."""
+    curs.execute(f"SELECT application_name, notification_id FROM {TRACKING_TABLE} WHERE application_name = ANY(%s)",
+                 (list(names),))
+    found = {row["application_name"]: row["notification_id"] for row in curs.fetchall()}
+    return {name: found.get(name, 0) for name in names}
+
+
+def parked_events(conn: Any, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The events parked by these read models, oldest first, with the error and the event."""
+    with conn.cursor() as curs:
+        curs.execute(f"SELECT read_model, notification_id, originator_id, originator_version, topic, error, "
+                     f"attempts, parked_at, convert_from(state, 'UTF8') AS event FROM {PARKED_TABLE} "
+                     "WHERE read_model = ANY(%s) ORDER BY read_model, notification_id", (list(names),))
+        return list(curs.fetchall())
+
+
+def describe(error: BaseException | str) -> str:
+    if isinstance(error, str):
+        return error
+    text = f"{type(error).__name__}: {error}".strip()
+    return text if len(text) <= 2000 else text[:1999] + "…"
+
+
+@dataclass
+class ModelStats:
+    events: int = 0
+    seconds: float = 0.0
+    parked: int = 0
+
+
+@dataclass
+class Projector:
+    """Keeps a set of read models up to date with the event store, a page at a time."""
+
+    source: ApplicationRecorder
+    mapper: Mapper[Any]
+    store: ProjectionStore
+    models: Sequence[ReadModel]
+    page_size: int = 2000
+    idle_wait_seconds: float = 0.1
+    log_every_seconds: float = 10.0
+    applied: int = 0
+    stats: dict[str, ModelStats] = field(default_factory=dict)
+    decode_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.names = [tracking_name(m) for m in self.models]
+        self.stats = {name: ModelStats() for name in self.names}
+        # Locks are always taken in the same order, so two projectors never deadlock.
+        self._order = sorted(range(len(self.models)), key=lambda i: lock_key(self.names[i]))
+
+    def create_tables(self) -> None:
+        self.store.create_table()
+        with self.store.datastore.transaction(commit=True) as curs:
+            for model in self.models:
+                curs.execute(f'CREATE SCHEMA IF NOT EXISTS "{model.schema}"')
+                for statement in model.create_statements():
+                    curs.execute(statement)
+
+    def positions(self) -> dict[str, int]:
+        return self.store.read_positions(self.names)
+
+    # -- one page -------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Apply the next page, if any; the number of notifications read."""
+        start = min(self.positions().values(), default=0)
+        notifications = self.source.select_notifications(start=start, limit=self.page_size, inclusive_of_start=False)
         if not notifications:
             return 0
-        events = [self.mapper.to_domain_event(n) for n in notifications]
-        self.recorder.apply_page(events, notifications[-1].id)
-        self.applied += len(events)
-        return len(events)
+        began = time.perf_counter()
+        events = [self._decode(n) for n in notifications]
+        self.decode_seconds += time.perf_counter() - began
+        with self.store.datastore.transaction(commit=True) as curs:
+            # Rows and positions commit together, so a server crash that loses the last commits
+            # loses both: the pages are applied again. No need to wait for the WAL flush.
+            curs.execute("SET LOCAL synchronous_commit = off")
+            for i in self._order:
+                curs.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.names[i]),))
+            # Read again under the locks: a swap or another projector may have moved a position.
+            at = positions(curs, self.names)
+            for model, name in zip(self.models, self.names, strict=True):
+                position = at[name]
+                if position < start:
+                    continue  # moved back (a swapped-in copy): its next page starts earlier
+                pending = [(n, e) for n, e in zip(notifications, events, strict=True) if n.id > position]
+                if not pending:
+                    continue
+                began = time.perf_counter()
+                self._apply(curs, model, name, pending)
+                self.store._insert_tracking(curs, Tracking(name, notifications[-1].id))  # noqa: SLF001
+                stats = self.stats[name]
+                stats.events += len(pending)
+                stats.seconds += time.perf_counter() - began
+        self.applied += len(notifications)
+        return len(notifications)
 
+    def _decode(self, notification: Notification) -> Any:
+        try:
+            return self.mapper.to_domain_event(notification)
+        except Exception as error:  # noqa: BLE001 - parked with the reason, by every read model
+            return Undecodable(describe(error))
+
+    def _apply(self, curs: Any, model: ReadModel, name: str, pending: list[tuple[Notification, Any]]) -> None:
+        """The page in one savepoint; if it fails, event by event, parking those that fail."""
+        if not any(isinstance(e, Undecodable) for _, e in pending):
+            try:
+                with curs.connection.transaction():
+                    model.apply(curs, [e for _, e in pending])
+                return
+            except UNAVAILABLE:
+                raise
+            except Exception:  # noqa: BLE001 - find the event(s) at fault below
+                pass
+        for notification, event in pending:
+            if isinstance(event, Undecodable):
+                self.store.park(curs, name, notification, f"cannot decode the stored event: {event.error}")
+                self.stats[name].parked += 1
+                continue
+            try:
+                with curs.connection.transaction():
+                    model.apply(curs, [event])
+            except UNAVAILABLE:
+                raise
+            except Exception as error:  # noqa: BLE001 - parked, with the error, for `projections retry`
+                log.error("%s: parked notification %d (%s)", name, notification.id, describe(error))
+                self.store.park(curs, name, notification, error)
+                self.stats[name].parked += 1
+
+    # -- following the log ------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Follow the log until `stop` is set."""
+        """Follow the log until `stop` is set; ride through database outages for a while."""
         last_log, applied_at_log = time.monotonic(), 0
-        log.info("%s: starting after notification %d", self.name, self.recorder.position())
+        log.info("%s: starting at %s", ", ".join(self.names), self.positions())
         failures = 0
         while not stop.is_set():
             try:
                 applied = self.run_once()
             except IntegrityError as error:
-                # Another runner of this projection applied the page first (its tracking record
-                # moved on): nothing of ours was written; carry on from the new position.
-                log.warning("%s: page already applied elsewhere (%s); continuing", self.name, error)
+                # Another projector applied the page first (a position moved on): nothing of ours
+                # was written; carry on from the new positions.
+                log.warning("page already applied elsewhere (%s); continuing", error)
                 applied = 0
-            except (OperationalError, InterfaceError) as error:
+            except UNAVAILABLE as error:
                 failures += 1
                 if failures > MAX_FAILURES_IN_A_ROW:  # about 5 minutes: let a supervisor decide
                     raise
                 delay = min(0.5 * 2**failures, 30.0)
-                log.error("%s: database unavailable (%s); retrying in %.1f s", self.name, error, delay)
+                log.error("database unavailable (%s); retrying in %.1f s", str(error).strip(), delay)
                 stop.wait(delay)
                 continue
             failures = 0
@@ -123,19 +269,56 @@ class ProjectionRunner:
             now = time.monotonic()
             if now - last_log >= self.log_every_seconds and self.applied != applied_at_log:
                 rate = (self.applied - applied_at_log) / (now - last_log)
-                log.info("%s: applied %d events (%.0f events/s), position %d, head %s", self.name,
-                         self.applied - applied_at_log, rate, self.recorder.position(),
-                         self.source.max_notification_id())
+                log.info("applied %d events (%.0f events/s); positions %s, head %s", self.applied - applied_at_log,
+                         rate, self.positions(), self.source.max_notification_id())
                 last_log, applied_at_log = now, self.applied
-        log.info("%s: stopping at notification %d", self.name, self.recorder.position())
+        log.info("stopping at %s", self.positions())
 
-    def catch_up(self) -> int:
-        """Apply pages until the log's head at the time of the call is reached."""
+    def catch_up(self, progress: Any = None) -> int:
+        """Apply pages until every read model reaches the log's head at the time of the call."""
         head = self.source.max_notification_id() or 0
         total = 0
-        while self.recorder.position() < head:
-            applied = self.run_once()
-            if applied == 0:
+        while min(self.positions().values(), default=head) < head:
+            read = self.run_once()
+            if read == 0:
                 break
-            total += applied
+            total += read
+            if progress is not None:
+                progress(min(self.positions().values()), head)
         return total
+
+    # -- parked events --------------------------------------------------------------------
+    def retry_parked(self) -> tuple[int, int]:
+        """Apply each parked event of these read models again; (applied, still parked)."""
+        by_name = dict(zip(self.names, self.models, strict=True))
+        applied = still = 0
+        with self.store.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT * FROM {PARKED_TABLE} WHERE read_model = ANY(%s) ORDER BY read_model, notification_id",
+                         (self.names,))
+            rows = curs.fetchall()
+        for row in rows:
+            name = row["read_model"]
+            stored = StoredEvent(row["originator_id"], row["originator_version"], row["topic"], bytes(row["state"]))
+            notification = Notification(id=row["notification_id"], **stored.__dict__)
+            with self.store.datastore.transaction(commit=True) as curs:
+                curs.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name),))
+                try:
+                    event = self.mapper.to_domain_event(stored)
+                    with curs.connection.transaction():
+                        by_name[name].apply(curs, [event])
+                except UNAVAILABLE:
+                    raise
+                except Exception as error:  # noqa: BLE001 - stays parked, with the new error
+                    self.store.park(curs, name, notification, error)
+                    still += 1
+                    continue
+                curs.execute(f"DELETE FROM {PARKED_TABLE} WHERE read_model = %s AND notification_id = %s",
+                             (name, row["notification_id"]))
+                applied += 1
+        return applied, still
+
+
+def tracking_name(model: ReadModel) -> str:
+    """The live copy of a read model tracks its position under its name; a copy being rebuilt
+    in a side schema under `<name>@<schema>`."""
+    return model.name if model.schema == LIVE_SCHEMA else f"{model.name}@{model.schema}"

@@ -12,11 +12,10 @@ from psycopg_pool import ConnectionPool
 
 from consumers.ingest import DeadLetterPublisher, IngestConsumer, kafka_consumer, kafka_producer
 from eventstore.store import InteractionLog, store_env
-from projections.customer_360 import Customer360
-from projections.runner import ProjectionRecorder, ProjectionRunner
+from projections.catalog import READ_MODELS
+from projections.readmodel import LIVE_SCHEMA, ModelSettings, ReadModel
+from projections.runner import ProjectionStore, Projector
 from services.settings import Settings
-
-PROJECTIONS = (Customer360,)
 
 
 class ServiceUnavailable(RuntimeError):
@@ -91,7 +90,7 @@ def ensure_schema(settings: Settings) -> None:
     """Create the event store's and the read models' tables if missing (API start-up)."""
     store = interaction_log(settings)
     try:
-        projection_runners(settings, store)
+        projector(settings, store)
     finally:
         store.close()
 
@@ -117,16 +116,29 @@ def ingest_consumer(settings: Settings, store: InteractionLog | None = None, **c
     )
 
 
-def projection_runners(settings: Settings, store: InteractionLog | None = None) -> list[ProjectionRunner]:
+class UnknownReadModel(ValueError):
+    """A read model name that Rapport does not have; the message lists those it has."""
+
+
+def read_models(settings: Settings, names: list[str] | None = None, schema: str = LIVE_SCHEMA) -> list[ReadModel]:
+    """The read models called `names` (all when None), writing to tables in `schema`."""
+    unknown = [n for n in names or [] if n not in READ_MODELS]
+    if unknown:
+        raise UnknownReadModel(f"no read model {', '.join(map(repr, unknown))}; "
+                               f"the read models are: {', '.join(READ_MODELS)}")
+    options = ModelSettings(thresholds=settings.thresholds)
+    return [READ_MODELS[name](schema, options) for name in names or READ_MODELS]
+
+
+def projector(settings: Settings, store: InteractionLog | None = None, only: list[str] | None = None,
+              schema: str = LIVE_SCHEMA) -> Projector:
+    """A projector of the chosen read models (all by default), their tables created if missing."""
     store = store or interaction_log(settings)
-    datastore = store.factory.datastore  # type: ignore[attr-defined]
-    runners = []
-    for projection_class in PROJECTIONS:
-        recorder = ProjectionRecorder(datastore, projection_class())
-        with schema_lock(settings):
-            recorder.create_table()
-        runners.append(ProjectionRunner(store.recorder, store.mapper, recorder, page_size=settings.projection_page_size))
-    return runners
+    result = Projector(store.recorder, store.mapper, ProjectionStore(store.factory.datastore),  # type: ignore[attr-defined]
+                       read_models(settings, only, schema), page_size=settings.projection_page_size)
+    with schema_lock(settings):
+        result.create_tables()
+    return result
 
 
 def read_pool(settings: Settings, max_size: int = 8) -> ConnectionPool:

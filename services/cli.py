@@ -10,11 +10,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
+from projections.catalog import READ_MODELS
 from services.settings import Settings, describe_settings_errors, settings_help
 
 ROOT = Path(__file__).resolve().parents[1]
+READ_MODEL_NAMES = list(READ_MODELS)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -43,28 +44,15 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_projector(args: argparse.Namespace, settings: Settings) -> int:
-    from services.bootstrap import interaction_log, projection_runners
+    from services.bootstrap import interaction_log, projector
 
     stop = _stop_on_signals()
     store = interaction_log(settings)  # keep a reference: closing the app closes the shared pool
-    runners = projection_runners(settings, store)
-    failures: list[str] = []
-
-    def run(runner: Any) -> None:
-        try:
-            runner.run(stop)
-        except Exception:
-            logging.getLogger("rapport.projector").exception("%s failed; stopping", runner.name)
-            failures.append(runner.name)
-            stop.set()  # the process ends non-zero so that a supervisor restarts it
-
-    threads = [threading.Thread(target=run, args=(r,), name=r.name) for r in runners]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    store.close()
-    return 1 if failures else 0
+    try:
+        projector(settings, store, only=args.only).run(stop)
+    finally:
+        store.close()
+    return 0
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
@@ -131,10 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("projector", help="keep the read models up to date with the event store until SIGTERM",
-                       description="Follows the event store's log a page at a time and updates the read models "
-                       "(customer_360), rows and position in one transaction. Stops cleanly on SIGTERM/Ctrl-C; "
-                       "exits non-zero if a projection fails.",
+                       description="Follows the event store's log a page at a time and updates every read model "
+                       f"({', '.join(READ_MODEL_NAMES)}), or those named with --only: each page is read and "
+                       "decoded once; each read model's rows and position are written in one transaction. An event "
+                       "a read model fails on is parked (see `rapport projections parked`). Stops cleanly on "
+                       "SIGTERM/Ctrl-C; exits non-zero if the database stays away.",
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", action="append", metavar="NAME", choices=READ_MODEL_NAMES,
+                   help="run only this read model (repeat for several); default: all")
     p.set_defaults(func=cmd_projector)
 
     p = sub.add_parser("api", help="serve the HTTP API (OpenAPI page at /docs)",

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.http import customers, errors, events, operations
+from services.http import customers, errors, events, lifecycle, operations, satisfaction
 from services.http.resources import Resources
 from services.settings import Settings
 
@@ -32,5 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     # Routes under /customers/{id}/... come before /customers/{id:path}, which would swallow them.
     app.include_router(customers.router)
+    app.include_router(lifecycle.router)
+    app.include_router(satisfaction.router)
     app.include_router(operations.router)
     return app

@@ -1,15 +1,18 @@
-"""Operations: `GET /health` and `GET /projections` (contract §5)."""
+"""Operations: `GET /health`, `GET /projections` (contract §5) and `GET /metrics` (Prometheus)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from eventstore import tables
-from projections.runner import TRACKING_TABLE
-from services.bootstrap import PROJECTIONS
+from projections.catalog import READ_MODELS
+from projections.runner import projection_status
 from services.http.resources import Res
 
 router = APIRouter(tags=["operations"])
@@ -29,20 +32,42 @@ def health(res: Res) -> JSONResponse:
     return JSONResponse(status_code=200 if healthy else 503,
                         content={"status": "ok" if healthy else "unavailable", "checks": checks})
 
-@router.get("/projections", summary="Each read model's position in the event store's log, and its lag")
+@router.get("/projections", summary="Each read model's position in the event store's log, its lag and parked events")
 def projections(res: Res) -> dict[str, Any]:
     with res.pool.connection() as conn:
-        # One statement, one snapshot: a position is never ahead of the head it is compared with.
-        rows = conn.execute(
-            "SELECT t.application_name, t.notification_id, "
-            "(SELECT COALESCE(MAX(notification_id), 0) FROM " + tables.EVENTS + ") AS head "
-            f"FROM (SELECT NULL) AS one LEFT JOIN {TRACKING_TABLE} t ON true"  # noqa: S608 - constant
-        ).fetchall()
-    positions = {r["application_name"]: r["notification_id"] for r in rows if r["application_name"]}
-    head_id = rows[0]["head"] if rows else 0
-    return {"items": [
-        {"name": p.name, "position": positions.get(p.name, 0), "head": head_id,
-         "lag": head_id - positions.get(p.name, 0)}
-        for p in PROJECTIONS
-    ]}
+        return {"items": projection_status(conn, list(READ_MODELS))}
 
+
+@router.get("/metrics", summary="Prometheus metrics: ingest counters, each read model's position, lag and parked",
+            response_class=PlainTextResponse)
+def metrics(res: Res) -> PlainTextResponse:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(res))
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _Snapshot(Collector):
+    """Read from PostgreSQL at each scrape: the figures are those of the processes that wrote them
+    (ingest and projector run apart from the API), exact across crashes."""
+
+    def __init__(self, res: Any) -> None:
+        self.res = res
+
+    def collect(self) -> Iterator[Metric]:
+        with self.res.pool.connection() as conn:
+            status = projection_status(conn, list(READ_MODELS))
+        gauges = {
+            "position": GaugeMetricFamily("rapport_projection_position", "Last notification id applied",
+                                          labels=["read_model"]),
+            "head": GaugeMetricFamily("rapport_event_store_head", "Highest notification id in the event store"),
+            "lag": GaugeMetricFamily("rapport_projection_lag_events", "Events not yet applied", labels=["read_model"]),
+            "lag_seconds": GaugeMetricFamily("rapport_projection_lag_seconds", "Age of the oldest event not yet applied",
+                                             labels=["read_model"]),
+            "parked": GaugeMetricFamily("rapport_projection_parked_events", "Events parked by the read model",
+                                        labels=["read_model"]),
+        }
+        for item in status:
+            for field in ("position", "lag", "lag_seconds", "parked"):
+                gauges[field].add_metric([item["name"]], item[field])
+        gauges["head"].add_metric([], status[0]["head"] if status else 0)
+        yield from gauges.values()

@@ -1,0 +1,132 @@
+"""Read model `lifecycle`: each customer's stage history as intervals in event time (contract §3b, §4).
+
+Recomputed per customer, not merged: `domain.lifecycle.LifecycleFold` gives the intervals, and
+this module stores them. The fold of each customer is kept (`lifecycle_folds`), so a page whose
+facts are all later than the customer's latest fact continues it and rewrites only the current
+interval and those after it; a late fact (earlier than the latest) folds the customer's facts
+(`lifecycle_facts`) again. Either way the intervals are what §4 gives from all the events.
+
+The intervals run into the future (the moments thresholds pass are known from the facts): the
+stage at any time T is the interval whose `during` range holds T, found by a GiST index, so
+`GET /lifecycle/stages?as_of=T` counts without folding anyone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from domain.customer import TYPE_BY_EVENT_CLASS, Customer
+from domain.lifecycle import LifecycleFact, LifecycleFold, StageInterval
+from projections.readmodel import LIVE_SCHEMA, Column, ModelSettings, ReadModel, Table, key
+
+NAME = "lifecycle"
+
+FACTS = Table(
+    "lifecycle_facts",
+    (key("customer_id"), key("occurred_at", "timestamptz"), key("event_id"), Column("type", "text", not_null=True),
+     Column("survey_kind", "text"), Column("score", "int")),
+    primary_key=("customer_id", "occurred_at", "event_id"),
+    doc="What the lifecycle rules need of each interaction (read model lifecycle).",
+)
+FOLDS = Table(
+    "lifecycle_folds",
+    (key("customer_id"), Column("fold", "jsonb", not_null=True)),
+    primary_key=("customer_id",),
+    doc="Each customer's lifecycle fold after its latest fact, to continue it (read model lifecycle).",
+)
+INTERVALS = Table(
+    "lifecycle_intervals",
+    (key("customer_id"), key("seq", "int"), Column("stage", "text", not_null=True),
+     Column("since", "timestamptz", not_null=True), Column("until", "timestamptz"),
+     Column("reason", "text", not_null=True), Column("event_id", "text"), Column("previous_stage", "text"),
+     Column("during", "tstzrange", not_null=True)),
+    primary_key=("customer_id", "seq"),
+    indexes=("USING gist (during)", "(since)"),
+    doc="Stage intervals per customer in event time, past and ahead (read model lifecycle). A stage reached "
+        "by the passing of time (event_id null) holds from just after `since`; `during` is the exact range.",
+)
+
+
+def fact_of(event: Customer.Interaction) -> LifecycleFact:
+    event_type = TYPE_BY_EVENT_CLASS[type(event)]
+    if event_type == "survey_response":
+        return LifecycleFact(event.occurred_at, event.event_id, event_type, event.data["kind"], int(event.data["score"]))
+    return LifecycleFact(event.occurred_at, event.event_id, event_type)
+
+
+def interval_rows(customer_id: str, history: Sequence[StageInterval], first_seq: int) -> list[tuple[Any, ...]]:
+    """Rows of `lifecycle_intervals`, with the exact range each interval holds (`[` from an event,
+    `(` from a threshold passing; the upper bound follows from how the next one starts)."""
+    rows = []
+    for i, interval in enumerate(history):
+        following = history[i + 1] if i + 1 < len(history) else None
+        bounds = ("(" if interval.by_time else "[") + ("]" if following is not None and following.by_time else ")")
+        rows.append((customer_id, first_seq + i, interval.stage.value, interval.since, interval.until, interval.reason,
+                     interval.event_id, interval.previous_stage.value if interval.previous_stage else None, bounds))
+    return rows
+
+
+class Lifecycle(ReadModel):
+    name = NAME
+    tables = (FACTS, FOLDS, INTERVALS)
+
+    def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
+        super().__init__(schema, settings)
+        self.thresholds = self.settings.thresholds
+        self._insert_facts = FACTS.insert_sql(schema)
+        self._upsert_folds = FOLDS.insert_sql(schema, "DO UPDATE SET fold = excluded.fold")
+        columns = [c.name for c in INTERVALS.columns if c.name != "during"]
+        arrays = ", ".join(f"%b::{c.type}[]" for c in INTERVALS.columns if c.name != "during")
+        self._insert_intervals = (
+            f"INSERT INTO {self.t(INTERVALS.name)} ({', '.join(columns)}, during)\n"
+            f"SELECT {', '.join('d.' + c for c in columns)}, tstzrange(d.since, d.until, d.bounds)\n"
+            f"FROM unnest({arrays}, %b::text[]) AS d({', '.join(columns)}, bounds)"
+        )
+
+    def apply(self, curs: Any, events: Sequence[Any]) -> None:
+        new: dict[str, list[LifecycleFact]] = {}
+        for event in events:
+            if type(event) in TYPE_BY_EVENT_CLASS:
+                new.setdefault(event.customer_key, []).append(fact_of(event))
+        if not new:
+            return
+        facts = [(c, f.occurred_at, f.event_id, f.type, f.survey_kind, f.score) for c, fs in new.items() for f in fs]
+        curs.execute(self._insert_facts, FACTS.parameters(facts))
+        curs.execute(f"SELECT customer_id, fold FROM {self.t(FOLDS.name)} WHERE customer_id = ANY(%s)", (list(new),))
+        stored = {row["customer_id"]: row["fold"] for row in curs.fetchall()}
+        folds: dict[str, LifecycleFold] = {}
+        refold: list[str] = []
+        for customer_id, customer_facts in new.items():
+            fold = LifecycleFold.from_json(stored[customer_id], self.thresholds) if customer_id in stored \
+                else LifecycleFold(self.thresholds)
+            if fold.can_continue_with(customer_facts):
+                fold.add(customer_facts)
+                folds[customer_id] = fold
+            else:
+                refold.append(customer_id)
+        if refold:  # a late fact: fold all of these customers' facts again, from the first
+            curs.execute(f"SELECT customer_id, occurred_at, event_id, type, survey_kind, score FROM {self.t(FACTS.name)} "
+                         "WHERE customer_id = ANY(%s)", (refold,))
+            every: dict[str, list[LifecycleFact]] = {c: [] for c in refold}
+            for row in curs.fetchall():
+                every[row["customer_id"]].append(LifecycleFact(row["occurred_at"], row["event_id"], row["type"],
+                                                               row["survey_kind"], row["score"]))
+            for customer_id in refold:
+                fold = folds[customer_id] = LifecycleFold(self.thresholds)
+                fold.add(every[customer_id])
+        self._write(curs, folds)
+
+    def _write(self, curs: Any, folds: dict[str, LifecycleFold]) -> None:
+        """Replace each customer's intervals from the first that may change (the one current at
+        its latest fact, or all after a refold), and store its fold."""
+        customers = sorted(folds)
+        curs.execute(
+            f"DELETE FROM {self.t(INTERVALS.name)} AS t USING unnest(%b::text[], %b::int[]) AS d(customer_id, seq) "
+            "WHERE t.customer_id = d.customer_id AND t.seq >= d.seq",
+            (customers, [folds[c].first_seq for c in customers]),
+        )
+        rows = [row for c in customers for row in interval_rows(c, folds[c].history(), folds[c].first_seq)]
+        curs.execute(self._insert_intervals, [list(column) for column in zip(*rows, strict=True)])
+        curs.execute(self._upsert_folds, (customers, [json.dumps(folds[c].to_json()) for c in customers]))

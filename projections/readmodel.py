@@ -1,0 +1,308 @@
+"""What a read model is: its tables, declared once, and how a page of domain events changes them.
+
+A table declares its columns; a *merge table* also declares how each column merges (sum, min, max,
+set union, latest by `(occurred_at, event_id)`). From that one declaration come the DDL, the
+in-page combine in Python and the `INSERT ... ON CONFLICT DO UPDATE` that merges a page into the
+stored rows. Every merge is commutative and associative, so a merge table's rows do not depend on
+the order events arrive in or on how the log is split into pages.
+
+Read models that are not merges (append-only, recomputed per customer) use the same tables for
+their DDL and write with their own set-based SQL. Every table lives in a PostgreSQL schema given
+at construction: the live one, or a side schema where a rebuild builds a fresh copy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
+
+from domain.lifecycle import LifecycleThresholds
+
+LIVE_SCHEMA = "public"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What read models take from Rapport's settings (built by the composition root)."""
+
+    thresholds: LifecycleThresholds = LifecycleThresholds()
+
+
+class Merge(Enum):
+    KEY = "key"
+    SUM = "sum"
+    MIN = "min"
+    MAX = "max"
+    UNION = "union"  # text[]: sorted set union
+    LATEST = "latest"  # one of a group of columns kept from the row with the greatest (at, event_id)
+    NONE = "none"  # not merged: append-only and recomputed tables
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # SQL type; text is compared by code point (COLLATE "C"), as Python compares str
+    merge: Merge = Merge.NONE
+    group: str = ""  # LATEST: the group's name; its order columns are `<group>_at` and `<group>_event_id`
+    not_null: bool = False
+    default: str | None = None
+
+    def ddl(self) -> str:
+        sql_type = self.type + (' COLLATE "C"' if self.type in ("text", "text[]") else "")
+        parts = [f'"{self.name}" {sql_type}']
+        if self.not_null:
+            parts.append("NOT NULL")
+        if self.default is not None:
+            parts.append(f"DEFAULT {self.default}")
+        return " ".join(parts)
+
+
+def key(name: str, type_: str = "text") -> Column:
+    return Column(name, type_, Merge.KEY, not_null=True)
+
+
+def summed(name: str, type_: str = "int") -> Column:
+    return Column(name, type_, Merge.SUM, not_null=True, default="0")
+
+
+def earliest(name: str, type_: str = "timestamptz") -> Column:
+    return Column(name, type_, Merge.MIN)
+
+
+def greatest(name: str, type_: str = "timestamptz") -> Column:
+    return Column(name, type_, Merge.MAX)
+
+
+def union(name: str) -> Column:
+    return Column(name, "text[]", Merge.UNION, not_null=True, default="'{}'")
+
+
+def latest(group: str, **values: str) -> list[Column]:
+    """Columns kept together from the event with the greatest `(occurred_at, event_id)`:
+    `values` (name → SQL type), then `<group>_at` and `<group>_event_id`."""
+    return [
+        *(Column(name, type_, Merge.LATEST, group) for name, type_ in values.items()),
+        Column(f"{group}_at", "timestamptz", Merge.LATEST, group),
+        Column(f"{group}_event_id", "text", Merge.LATEST, group),
+    ]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of a read model. `indexes` are SQL fragments after `ON <table>`, e.g. `(since)`."""
+
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    indexes: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def position(self, name: str) -> int:
+        return self.column_names.index(name)
+
+    def create_statements(self, schema: str) -> list[str]:
+        columns = ",\n  ".join(c.ddl() for c in self.columns)
+        key = ", ".join(f'"{c}"' for c in self.primary_key)
+        statements = [f"CREATE TABLE IF NOT EXISTS {qualified(schema, self.name)} (\n  {columns},\n  PRIMARY KEY ({key}))"]
+        for i, index in enumerate(self.indexes):
+            statements.append(
+                f'CREATE INDEX IF NOT EXISTS "{self.name}_{i}" ON {qualified(schema, self.name)} {index}'
+            )
+        if self.doc:
+            statements.append(f"COMMENT ON TABLE {qualified(schema, self.name)} IS {_literal(self.doc)}")
+        return statements
+
+    def unnest(self, columns: Sequence[str] | None = None) -> tuple[str, str]:
+        """(`SELECT` list, `FROM unnest(...) AS d(...)`) for rows passed as one array per column.
+        A text[] value per row cannot be a row of a 2-D array, so such columns travel as JSON."""
+        chosen = [c for c in self.columns if columns is None or c.name in columns]
+        arrays = ", ".join("%b::text[]" if c.type == "text[]" else f"%b::{c.type}[]" for c in chosen)
+        names = ", ".join(f'"{c.name}"' for c in chosen)
+        select = ", ".join(
+            f'ARRAY(SELECT json_array_elements_text(d."{c.name}"::json))' if c.type == "text[]" else f'd."{c.name}"'
+            for c in chosen
+        )
+        return select, f"unnest({arrays}) AS d({names})"
+
+    def insert_sql(self, schema: str, on_conflict: str = "DO NOTHING") -> str:
+        select, source = self.unnest()
+        names = ", ".join(f'"{n}"' for n in self.column_names)
+        key = ", ".join(f'"{c}"' for c in self.primary_key)
+        return (f"INSERT INTO {qualified(schema, self.name)} AS t ({names})\nSELECT {select} FROM {source}\n"
+                f"ON CONFLICT ({key}) {on_conflict}")
+
+    def parameters(self, rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+        """Rows → one list per column (text[] values as JSON), for `insert_sql`."""
+        columns: list[list[Any]] = [[] for _ in self.columns]
+        json_columns = {i for i, c in enumerate(self.columns) if c.type == "text[]"}
+        for row in rows:
+            for i, value in enumerate(row):
+                columns[i].append(json.dumps(sorted(value)) if i in json_columns else value)
+        return columns
+
+
+def qualified(schema: str, name: str) -> str:
+    return f'"{schema}"."{name}"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# -- merge tables ------------------------------------------------------------------------------
+
+
+def _merge_sql(table: Table) -> str:
+    sets: list[str] = []
+    groups: dict[str, list[str]] = {}
+    for c in table.columns:
+        n = f'"{c.name}"'
+        if c.merge is Merge.SUM:
+            sets.append(f"{n} = t.{n} + excluded.{n}")
+        elif c.merge is Merge.MIN:
+            sets.append(f"{n} = LEAST(t.{n}, excluded.{n})")
+        elif c.merge is Merge.MAX:
+            sets.append(f"{n} = GREATEST(t.{n}, excluded.{n})")
+        elif c.merge is Merge.UNION:
+            sets.append(f'{n} = ARRAY(SELECT DISTINCT v COLLATE "C" FROM unnest(t.{n} || excluded.{n}) v ORDER BY 1)')
+        elif c.merge is Merge.LATEST:
+            groups.setdefault(c.group, []).append(c.name)
+    for group, names in groups.items():
+        at, event_id = f'"{group}_at"', f'"{group}_event_id"'
+        picks = ", ".join(f'CASE WHEN newer THEN excluded."{c}" ELSE t."{c}" END' for c in names)
+        targets = ", ".join(f'"{c}"' for c in names)
+        sets.append(
+            f"({targets}) = (SELECT {picks} FROM (SELECT excluded.{at} IS NOT NULL AND "
+            f"(t.{at} IS NULL OR (excluded.{at}, excluded.{event_id}) > (t.{at}, t.{event_id})) AS newer) n)"
+        )
+    return "DO UPDATE SET\n  " + ",\n  ".join(sets) if sets else "DO NOTHING"
+
+
+def _combiner(table: Table) -> Callable[[list[Any], Sequence[Any]], None]:
+    """In-page merge of a new row into the accumulated one, by the same rules as `_merge_sql`."""
+    steps: list[Callable[[list[Any], Sequence[Any]], None]] = []
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(table.columns):
+        if c.merge is Merge.SUM:
+            steps.append(lambda acc, row, i=i: acc.__setitem__(i, acc[i] + row[i]))
+        elif c.merge is Merge.MIN:
+            steps.append(lambda acc, row, i=i: acc.__setitem__(i, row[i] if acc[i] is None or (
+                row[i] is not None and row[i] < acc[i]) else acc[i]))
+        elif c.merge is Merge.MAX:
+            steps.append(lambda acc, row, i=i: acc.__setitem__(i, row[i] if acc[i] is None or (
+                row[i] is not None and row[i] > acc[i]) else acc[i]))
+        elif c.merge is Merge.UNION:
+            steps.append(lambda acc, row, i=i: acc.__setitem__(i, acc[i] | row[i]))
+        elif c.merge is Merge.LATEST:
+            groups.setdefault(c.group, []).append(i)
+    for group, members in groups.items():
+        at, event_id = table.position(f"{group}_at"), table.position(f"{group}_event_id")
+
+        def pick(acc: list[Any], row: Sequence[Any], members: list[int] = members, at: int = at,
+                 event_id: int = event_id) -> None:
+            if row[at] is not None and (acc[at] is None or (row[at], row[event_id]) > (acc[at], acc[event_id])):
+                for i in members:
+                    acc[i] = row[i]
+
+        steps.append(pick)
+
+    def combine(acc: list[Any], row: Sequence[Any]) -> None:
+        for step in steps:
+            step(acc, row)
+
+    return combine
+
+
+class MergeTable:
+    """A table whose rows merge by key: rows of a page are combined in Python, then upserted."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.key_width = len(table.primary_key)
+        assert table.column_names[: self.key_width] == list(table.primary_key), "key columns come first"
+        self.combine = _combiner(table)
+        self._union = [i for i, c in enumerate(table.columns) if c.merge is Merge.UNION]
+
+    def upsert_sql(self, schema: str) -> str:
+        return self.table.insert_sql(schema, _merge_sql(self.table))
+
+    def accumulate(self, rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+        merged: dict[tuple[Any, ...], list[Any]] = {}
+        width = self.key_width
+        for row in rows:
+            row_key = tuple(row[:width])
+            acc = merged.get(row_key)
+            if acc is None:
+                acc = merged[row_key] = list(row)
+                for i in self._union:
+                    acc[i] = set(acc[i])
+            else:
+                self.combine(acc, row)
+        # In key order: two writers of one table then lock its rows in the same order.
+        return [merged[k] for k in sorted(merged)]
+
+
+# -- read models -------------------------------------------------------------------------------
+
+
+class ReadModel:
+    """Base of every read model: a name, tables in one schema, and `apply(curs, events)`.
+
+    `version` says which shape of the tables the code writes; a changed read model (new column,
+    fixed rule) gets a new version and is rolled out with a blue/green rebuild."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    tables: ClassVar[tuple[Table, ...]]
+
+    def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
+        self.schema = schema
+        self.settings = settings or ModelSettings()
+
+    def t(self, name: str) -> str:
+        """The qualified name of one of this model's tables in its schema."""
+        return qualified(self.schema, name)
+
+    def create_statements(self) -> list[str]:
+        return [s for table in self.tables for s in table.create_statements(self.schema)]
+
+    def apply(self, curs: Any, events: Sequence[Any]) -> None:
+        """Apply a page of domain events (in notification order) with set-based SQL on `curs`."""
+        raise NotImplementedError
+
+
+Rows = dict[str, list[Sequence[Any]]]
+
+
+class MergeReadModel(ReadModel):
+    """A read model made only of merge tables: each handler turns one event into rows.
+
+    Subclasses declare `tables` and `handlers` (domain event class → method name). A handler
+    appends rows (tuples in the table's column order) to `rows[table_name]`.
+    """
+
+    handlers: ClassVar[dict[type, str]]
+
+    def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
+        super().__init__(schema, settings)
+        self._merges = {t.name: MergeTable(t) for t in self.tables}
+        self._sql = {name: m.upsert_sql(schema) for name, m in self._merges.items()}
+        self._bound = {cls: getattr(self, method) for cls, method in self.handlers.items()}
+
+    def apply(self, curs: Any, events: Sequence[Any]) -> None:
+        rows: Rows = {name: [] for name in self._merges}
+        for event in events:
+            handler = self._bound.get(type(event))
+            if handler is not None:
+                handler(event, rows)
+        for name, table_rows in rows.items():
+            if table_rows:
+                merge = self._merges[name]
+                curs.execute(self._sql[name], merge.table.parameters(merge.accumulate(table_rows)))

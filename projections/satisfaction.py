@@ -1,0 +1,163 @@
+"""Read model `satisfaction`: survey answers by day, kind and channel; each customer's latest
+answer; what revenue-by-category needs (contract §3, §3b).
+
+- `satisfaction_days`: one row per (day in UTC, kind, channel): responses, score sum, promoters,
+  passives, detractors, satisfied CSAT answers, alarms. Weeks and months are sums of days.
+- `satisfaction_responses`: every answer with its channel. A response may arrive before the
+  event its `about_event_id` names: it counts as `unknown` until that event is stored, then its
+  day bucket moves to that event's channel (in the same transaction as the event).
+- `satisfaction_contacts`: calls, emails and purchases (channel, time, amount), to find the
+  channel of an answer and the revenue of a customer at a time.
+- `satisfaction_latest`: each customer's latest answer of either kind, by (occurred_at, event_id).
+- `satisfaction_customers`: when each customer was first seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from domain.customer import TYPE_BY_EVENT_CLASS
+from domain.rules import nps_category
+from domain.satisfaction import CHANNEL_BY_EVENT_TYPE, UNKNOWN_CHANNEL, is_alarm_answer, is_satisfied_csat
+from projections.readmodel import (
+    LIVE_SCHEMA,
+    Column,
+    MergeTable,
+    ModelSettings,
+    ReadModel,
+    Table,
+    earliest,
+    key,
+    latest,
+    summed,
+)
+
+NAME = "satisfaction"
+
+DAYS = Table(
+    "satisfaction_days",
+    (key("day", "date"), key("kind"), key("channel"), summed("responses"), summed("score_sum", "bigint"),
+     summed("promoters"), summed("passives"), summed("detractors"), summed("satisfied"), summed("alarms")),
+    primary_key=("day", "kind", "channel"),
+    doc="Survey answers per day (UTC), kind and channel (read model satisfaction).",
+)
+RESPONSES = Table(
+    "satisfaction_responses",
+    (key("customer_id"), key("event_id"), Column("occurred_at", "timestamptz", not_null=True),
+     Column("kind", "text", not_null=True), Column("score", "int", not_null=True), Column("about_event_id", "text"),
+     Column("channel", "text", not_null=True)),
+    primary_key=("customer_id", "event_id"),
+    indexes=("(customer_id, about_event_id) WHERE channel = 'unknown'", "(kind, occurred_at)"),
+    doc="Every survey answer with the channel it is about (read model satisfaction).",
+)
+CONTACTS = Table(
+    "satisfaction_contacts",
+    (key("customer_id"), key("event_id"), Column("channel", "text", not_null=True),
+     Column("occurred_at", "timestamptz", not_null=True), Column("currency", "text"), Column("amount", "numeric")),
+    primary_key=("customer_id", "event_id"),
+    indexes=("(occurred_at) WHERE amount IS NOT NULL",),
+    doc="Calls, emails and purchases: the channels answers are about, and revenue (read model satisfaction).",
+)
+LATEST = Table(
+    "satisfaction_latest",
+    (key("customer_id"), *latest("answer", answer_kind="text", answer_score="int", answer_alarm="boolean")),
+    primary_key=("customer_id",),
+    indexes=('(answer_at DESC, answer_event_id DESC) WHERE answer_alarm',),
+    doc="Each customer's latest survey answer by (occurred_at, event_id) (read model satisfaction).",
+)
+CUSTOMERS = Table(
+    "satisfaction_customers",
+    (key("customer_id"), earliest("first_seen_at")),
+    primary_key=("customer_id",),
+    indexes=("(first_seen_at)",),
+    doc="When each customer was first seen (read model satisfaction).",
+)
+
+
+def day_row(day: Any, kind: str, channel: str, score: int, sign: int) -> tuple[Any, ...]:
+    """What one answer adds to (sign 1) or takes from (sign -1) its day bucket."""
+    category = nps_category(score) if kind == "nps" else None
+    return (day, kind, channel, sign, sign * score, sign * (category == "promoter"), sign * (category == "passive"),
+            sign * (category == "detractor"), sign * (kind == "csat" and is_satisfied_csat(score)),
+            sign * is_alarm_answer(kind, score))
+
+
+class Satisfaction(ReadModel):
+    name = NAME
+    tables = (DAYS, RESPONSES, CONTACTS, LATEST, CUSTOMERS)
+
+    def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
+        super().__init__(schema, settings)
+        self._days, self._latest, self._customers = MergeTable(DAYS), MergeTable(LATEST), MergeTable(CUSTOMERS)
+        self._sql = {
+            "days": self._days.upsert_sql(schema), "latest": self._latest.upsert_sql(schema),
+            "customers": self._customers.upsert_sql(schema),
+            "contacts": CONTACTS.insert_sql(schema), "responses": RESPONSES.insert_sql(schema),
+        }
+
+    def apply(self, curs: Any, events: Sequence[Any]) -> None:
+        contacts: list[tuple[Any, ...]] = []
+        responses: list[list[Any]] = []
+        seen: list[tuple[str, datetime]] = []
+        for event in events:
+            event_type = TYPE_BY_EVENT_CLASS.get(type(event))
+            if event_type is None:
+                continue
+            customer_id, data = event.customer_key, event.data
+            seen.append((customer_id, event.occurred_at))
+            if event_type == "survey_response":
+                responses.append([customer_id, event.event_id, event.occurred_at, data["kind"], int(data["score"]),
+                                  data.get("about_event_id"), UNKNOWN_CHANNEL])
+            else:
+                purchase = event_type == "purchase"
+                contacts.append((customer_id, event.event_id, CHANNEL_BY_EVENT_TYPE[event_type], event.occurred_at,
+                                 data["currency"] if purchase else None, Decimal(data["amount"]) if purchase else None))
+        if not seen:
+            return
+        days: list[tuple[Any, ...]] = []
+        if contacts:
+            curs.execute(self._sql["contacts"], CONTACTS.parameters(contacts))
+            days += self._move_waiting_answers(curs, contacts)
+        if responses:
+            self._find_channels(curs, responses)
+            curs.execute(self._sql["responses"], RESPONSES.parameters(responses))
+            days += [day_row(r[2].date(), r[3], r[6], r[4], 1) for r in responses]
+            latest_rows = [(r[0], r[3], r[4], is_alarm_answer(r[3], r[4]), r[2], r[1]) for r in responses]
+            curs.execute(self._sql["latest"], LATEST.parameters(self._latest.accumulate(latest_rows)))
+        if days:
+            curs.execute(self._sql["days"], DAYS.parameters(self._days.accumulate(days)))
+        curs.execute(self._sql["customers"], CUSTOMERS.parameters(self._customers.accumulate(seen)))
+
+    def _find_channels(self, curs: Any, responses: list[list[Any]]) -> None:
+        """Set each answer's channel from the stored event it is about (this page's included)."""
+        about = [(r[0], r[5]) for r in responses if r[5]]
+        if not about:
+            return
+        curs.execute(
+            f"SELECT c.customer_id, c.event_id, c.channel FROM {self.t(CONTACTS.name)} c "
+            "JOIN unnest(%b::text[], %b::text[]) AS a(customer_id, event_id) USING (customer_id, event_id)",
+            ([c for c, _ in about], [e for _, e in about]),
+        )
+        channels = {(row["customer_id"], row["event_id"]): row["channel"] for row in curs.fetchall()}
+        for response in responses:
+            response[6] = channels.get((response[0], response[5]), UNKNOWN_CHANNEL)
+
+    def _move_waiting_answers(self, curs: Any, contacts: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Answers stored before the event they are about move from `unknown` to its channel."""
+        curs.execute(
+            f"UPDATE {self.t(RESPONSES.name)} AS r SET channel = c.channel "
+            "FROM unnest(%b::text[], %b::text[], %b::text[]) AS c(customer_id, event_id, channel) "
+            "WHERE r.customer_id = c.customer_id AND r.about_event_id = c.event_id AND r.channel = 'unknown' "
+            "RETURNING r.occurred_at, r.kind, r.score, c.channel",
+            ([c[0] for c in contacts], [c[1] for c in contacts], [c[2] for c in contacts]),
+        )
+        moved = []
+        for row in curs.fetchall():
+            day = row["occurred_at"].astimezone(UTC).date()
+            moved.append(day_row(day, row["kind"], UNKNOWN_CHANNEL, row["score"], -1))
+            moved.append(day_row(day, row["kind"], row["channel"], row["score"], 1))
+        return moved
+

@@ -1,0 +1,43 @@
+"""Read model `timeline`: every event of a customer, for `GET /customers/{id}/timeline` (contract §3).
+
+Append-only: one row per event, keyed so that the newest-first keyset on `(occurred_at, event_id)`
+is an index scan, however many events the customer has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from domain.customer import TYPE_BY_EVENT_CLASS
+from projections.readmodel import LIVE_SCHEMA, Column, ModelSettings, ReadModel, Table, key
+
+NAME = "timeline"
+
+EVENTS = Table(
+    "timeline_events",
+    (key("customer_id"), key("occurred_at", "timestamptz"), key("event_id"), Column("type", "text", not_null=True),
+     Column("source", "text"), Column("data", "jsonb", not_null=True)),
+    primary_key=("customer_id", "occurred_at", "event_id"),
+    doc="Every interaction of every customer, as received (read model timeline).",
+)
+
+
+class Timeline(ReadModel):
+    name = NAME
+    tables = (EVENTS,)
+
+    def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
+        super().__init__(schema, settings)
+        self._insert = EVENTS.insert_sql(schema)
+
+    def apply(self, curs: Any, events: Sequence[Any]) -> None:
+        rows = [
+            (event.customer_key, event.occurred_at, event.event_id, event_type, event.source, Jsonb(event.data))
+            for event in events
+            if (event_type := TYPE_BY_EVENT_CLASS.get(type(event))) is not None
+        ]
+        if rows:
+            curs.execute(self._insert, EVENTS.parameters(rows))
