@@ -21,6 +21,7 @@ from projections.readmodel import (
     MergeReadModel,
     Rows,
     Table,
+    View,
     earliest,
     greatest,
     key,
@@ -81,11 +82,36 @@ _AT = {name: CUSTOMERS.position(name) for name in CUSTOMERS.column_names}
 _EMPTY_ROW = [0 if c.merge is Merge.SUM else None for c in CUSTOMERS.columns]
 
 
+VIEWS = (
+    View(
+        "customers",
+        "SELECT customer_id, name, emails, phones, first_seen_at, last_seen_at,\n"
+        + "".join(f"  {count_column(t)}, {last_column(t)},\n" for t in EVENT_TYPES)
+        + "  inbound_calls, last_inbound_call_at, inbound_emails, last_inbound_email_at,\n"
+        "  last_nps_score, last_nps_at, last_csat_score, last_csat_at,\n"
+        "  nps_responses, round(nps_sum::numeric / NULLIF(nps_responses, 0), 2) AS average_nps_score\n"
+        "FROM {customer_360}",
+        "One row per customer: identifiers, first and last contact, count and latest time per event type, "
+        "latest NPS and CSAT scores (read model customer_360).",
+        (("customer_id", "the customer key: customer.id, else the email, else the phone"),
+         ("name", "the name on the customer's latest event (by occurred_at, then event_id) that had one"),
+         *((count_column(t), f"number of {t} events") for t in EVENT_TYPES),
+         *((last_column(t), f"occurred_at of the latest {t} event") for t in EVENT_TYPES),
+         ("average_nps_score", "mean of every NPS score the customer gave, 2 decimals")),
+    ),
+    View("customer_revenue", "SELECT customer_id, currency, revenue, orders FROM {customer_360_revenue}",
+         "Revenue (sum of purchase amounts) and orders per customer and currency (read model customer_360)."),
+    View("customer_products", "SELECT customer_id, sku FROM {customer_360_products}",
+         "Each sku a customer bought at least once (read model customer_360)."),
+)
+
+
 class Customer360(MergeReadModel):
     """A page of events → three set-based upserts; the same rows whatever the arrival order."""
 
     name = NAME
     tables = (CUSTOMERS, REVENUE, PRODUCTS)
+    views = VIEWS
     handlers = {cls: "on_interaction" for cls in TYPE_BY_EVENT_CLASS}
 
     def apply(self, curs: Any, events: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer
 from domain.lifecycle import LifecycleFact, LifecycleFold, StageInterval
-from projections.readmodel import LIVE_SCHEMA, Column, ModelSettings, ReadModel, Table, key
+from projections.readmodel import LIVE_SCHEMA, Column, ModelSettings, ReadModel, Table, View, key
 
 NAME = "lifecycle"
 
@@ -68,9 +68,28 @@ def interval_rows(customer_id: str, history: Sequence[StageInterval], first_seq:
     return rows
 
 
+_INTERVAL_COLUMNS = ("customer_id, seq, stage, since, until, reason, event_id, previous_stage, "
+                     "event_id IS NULL AS by_time, during")
+VIEWS = (
+    View("lifecycle_intervals", f"SELECT {_INTERVAL_COLUMNS} FROM {{lifecycle_intervals}}",
+         "Each customer's lifecycle stages as intervals in event time, past and ahead (contract §4; read model "
+         "lifecycle). The stage at time T is the row whose `during` holds T: `WHERE during @> T`.",
+         (("seq", "0 for the customer's first stage, then 1, 2, ..."),
+          ("since", "when the stage began: the event's occurred_at, or the moment a threshold passed"),
+          ("until", "when the next stage began; null for the last"),
+          ("reason", "why, e.g. '2nd purchase', 'NPS 3', 'no purchase for 180 days'"),
+          ("event_id", "the event that caused the change; null when the passing of time did"),
+          ("by_time", "true when the passing of time caused the change (the stage holds from just after since)"),
+          ("during", "the exact range the stage holds (tstzrange); GiST-indexed"))),
+    View("lifecycle_now", f"SELECT {_INTERVAL_COLUMNS} FROM {{lifecycle_intervals}} WHERE during @> now()",
+         "Each customer's current stage (the interval holding now; read model lifecycle)."),
+)
+
+
 class Lifecycle(ReadModel):
     name = NAME
     tables = (FACTS, FOLDS, INTERVALS)
+    views = VIEWS
 
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
         super().__init__(schema, settings)

@@ -156,6 +156,37 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+ANALYTICS_SCHEMA = "analytics"
+
+
+@dataclass(frozen=True)
+class View:
+    """A documented view for analysts in schema `analytics`, over the live tables. Its column
+    names are the stable interface: they survive rebuilds and changes of the tables beneath.
+    `select` names tables as `{table_name}`; `columns` documents each output column."""
+
+    name: str
+    select: str
+    doc: str
+    columns: tuple[tuple[str, str], ...] = ()
+
+    def create_statements(self) -> list[str]:
+        target = qualified(ANALYTICS_SCHEMA, self.name)
+        body = self.select.format_map(_LiveTables())
+        statements = [f"DROP VIEW IF EXISTS {target}", f"CREATE VIEW {target} AS\n{body}",
+                      f"COMMENT ON VIEW {target} IS {_literal(self.doc)}"]
+        statements += [f'COMMENT ON COLUMN {target}."{column}" IS {_literal(doc)}' for column, doc in self.columns]
+        return statements
+
+    def drop_statement(self) -> str:
+        return f"DROP VIEW IF EXISTS {qualified(ANALYTICS_SCHEMA, self.name)}"
+
+
+class _LiveTables(dict[str, str]):
+    def __missing__(self, name: str) -> str:
+        return qualified(LIVE_SCHEMA, name)
+
+
 # -- merge tables ------------------------------------------------------------------------------
 
 
@@ -261,6 +292,7 @@ class ReadModel:
     name: ClassVar[str]
     version: ClassVar[int] = 1
     tables: ClassVar[tuple[Table, ...]]
+    views: ClassVar[tuple[View, ...]] = ()
 
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
         self.schema = schema

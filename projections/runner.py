@@ -36,12 +36,13 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg.sql import SQL
 
 from eventstore import tables
-from projections.readmodel import LIVE_SCHEMA, ReadModel
+from projections.readmodel import ANALYTICS_SCHEMA, LIVE_SCHEMA, ReadModel
 
 log = logging.getLogger("rapport.projector")
 
 TRACKING_TABLE = "projection_tracking"
 PARKED_TABLE = "projection_parked"
+VERSIONS_TABLE = "projection_versions"
 MAX_FAILURES_IN_A_ROW = 12
 # Errors of the connection or the server, not of an event: retried, never parked.
 UNAVAILABLE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
@@ -71,6 +72,9 @@ class ProjectionStore(PostgresTrackingRecorder):
             "originator_version int NOT NULL, topic text NOT NULL, state bytea NOT NULL, error text NOT NULL, "
             "attempts int NOT NULL DEFAULT 1, parked_at timestamptz NOT NULL DEFAULT now(), "
             "PRIMARY KEY (read_model, notification_id))"
+        ))
+        self.sql_create_statements.append(SQL(
+            f"CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (read_model text PRIMARY KEY, version int NOT NULL)"  # type: ignore[arg-type]
         ))
 
     def read_positions(self, names: Sequence[str]) -> dict[str, int]:
@@ -120,6 +124,16 @@ def positions(curs: Any, names: Sequence[str]) -> dict[str, int]:
     return {name: found.get(name, 0) for name in names}
 
 
+def stored_versions(curs: Any, names: Sequence[str]) -> dict[str, int]:
+    curs.execute(f"SELECT read_model, version FROM {VERSIONS_TABLE} WHERE read_model = ANY(%s)", (list(names),))
+    return {row["read_model"]: row["version"] for row in curs.fetchall()}
+
+
+def record_version(curs: Any, name: str, version: int) -> None:
+    curs.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (%s, %s) ON CONFLICT (read_model) DO UPDATE "
+                 "SET version = excluded.version", (name, version))
+
+
 def parked_events(conn: Any, names: Sequence[str]) -> list[dict[str, Any]]:
     """The events parked by these read models, oldest first, with the error and the event."""
     with conn.cursor() as curs:
@@ -159,55 +173,107 @@ class Projector:
     decode_seconds: float = 0.0
 
     def __post_init__(self) -> None:
+        self._select(self.models)
+        self.stale: dict[str, tuple[int, int]] = {}
+
+    def _select(self, models: Sequence[ReadModel]) -> None:
+        self.models = list(models)
         self.names = [tracking_name(m) for m in self.models]
         self.stats = {name: ModelStats() for name in self.names}
         # Locks are always taken in the same order, so two projectors never deadlock.
         self._order = sorted(range(len(self.models)), key=lambda i: lock_key(self.names[i]))
 
+    def leave_out_stale(self) -> None:
+        """Stop following read models whose live tables were made by another version of their
+        code (a changed read model is rolled out by `rapport projections rebuild NAME`)."""
+        with self.store.datastore.transaction(commit=True) as curs:
+            for model, name in zip(self.models, self.names, strict=True):
+                if model.schema == LIVE_SCHEMA:
+                    curs.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                 (name, model.version))
+            stored = stored_versions(curs, self.names)
+        self.stale = {name: (stored[name], model.version) for model, name in zip(self.models, self.names, strict=True)
+                      if name in stored and stored[name] != model.version}
+        for name, (made_by, code) in self.stale.items():
+            log.error("%s: its tables were made by version %d of the read model and this code writes version %d; "
+                      "not following it. Roll the new version out with `rapport projections rebuild %s`, then "
+                      "restart the projector.", name, made_by, code, name)
+        self._select([m for m, n in zip(self.models, self.names, strict=True) if n not in self.stale])
+
     def create_tables(self) -> None:
         self.store.create_table()
         with self.store.datastore.transaction(commit=True) as curs:
+            curs.execute(f'CREATE SCHEMA IF NOT EXISTS "{ANALYTICS_SCHEMA}"')
             for model in self.models:
                 curs.execute(f'CREATE SCHEMA IF NOT EXISTS "{model.schema}"')
                 for statement in model.create_statements():
                     curs.execute(statement)
+                if model.schema == LIVE_SCHEMA:
+                    for view in model.views:
+                        for statement in view.create_statements():
+                            curs.execute(statement)
 
     def positions(self) -> dict[str, int]:
         return self.store.read_positions(self.names)
 
     # -- one page -------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Apply the next page, if any; the number of notifications read."""
+        """Apply the next page, if any, in one transaction; the number of notifications read."""
         start = min(self.positions().values(), default=0)
-        notifications = self.source.select_notifications(start=start, limit=self.page_size, inclusive_of_start=False)
-        if not notifications:
+        page = self._read_page(start)
+        if not page:
             return 0
-        began = time.perf_counter()
-        events = [self._decode(n) for n in notifications]
-        self.decode_seconds += time.perf_counter() - began
         with self.store.datastore.transaction(commit=True) as curs:
             # Rows and positions commit together, so a server crash that loses the last commits
             # loses both: the pages are applied again. No need to wait for the WAL flush.
             curs.execute("SET LOCAL synchronous_commit = off")
-            for i in self._order:
-                curs.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.names[i]),))
+            self.lock(curs)
             # Read again under the locks: a swap or another projector may have moved a position.
+            self._apply_page(curs, page, positions(curs, self.names), start)
+        self.applied += len(page)
+        return len(page)
+
+    def lock(self, curs: Any) -> None:
+        """Take this projector's read models' locks for the rest of the transaction of `curs`."""
+        for i in self._order:
+            curs.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.names[i]),))
+
+    def advance(self, curs: Any, target: int) -> None:
+        """Within the caller's transaction, which holds `lock`: apply pages until every read model
+        has reached `target` (used to bring two copies to one position before a swap)."""
+        at = positions(curs, self.names)
+        while (start := min(at.values())) < target:
+            page = self._read_page(start, stop=target)
+            if not page:
+                break
+            self._apply_page(curs, page, at, start)
             at = positions(curs, self.names)
-            for model, name in zip(self.models, self.names, strict=True):
-                position = at[name]
-                if position < start:
-                    continue  # moved back (a swapped-in copy): its next page starts earlier
-                pending = [(n, e) for n, e in zip(notifications, events, strict=True) if n.id > position]
-                if not pending:
-                    continue
-                began = time.perf_counter()
-                self._apply(curs, model, name, pending)
-                self.store._insert_tracking(curs, Tracking(name, notifications[-1].id))  # noqa: SLF001
-                stats = self.stats[name]
-                stats.events += len(pending)
-                stats.seconds += time.perf_counter() - began
-        self.applied += len(notifications)
-        return len(notifications)
+
+    def _read_page(self, start: int, stop: int | None = None) -> list[tuple[Notification, Any]]:
+        notifications = self.source.select_notifications(start=start, limit=self.page_size, stop=stop,
+                                                         inclusive_of_start=False)
+        began = time.perf_counter()
+        page = [(n, self._decode(n)) for n in notifications]
+        self.decode_seconds += time.perf_counter() - began
+        return page
+
+    def _apply_page(self, curs: Any, page: list[tuple[Notification, Any]], at: dict[str, int], start: int) -> None:
+        """Each read model applies the page (read after `start`) past its position, and records
+        its new position."""
+        last = page[-1][0].id
+        for model, name in zip(self.models, self.names, strict=True):
+            position = at[name]
+            if position < start:
+                continue  # moved back (a swapped-in copy): its next page starts earlier
+            pending = [(n, e) for n, e in page if n.id > position]
+            if not pending:
+                continue
+            began = time.perf_counter()
+            self._apply(curs, model, name, pending)
+            self.store._insert_tracking(curs, Tracking(name, last))  # noqa: SLF001
+            stats = self.stats[name]
+            stats.events += len(pending)
+            stats.seconds += time.perf_counter() - began
 
     def _decode(self, notification: Notification) -> Any:
         try:

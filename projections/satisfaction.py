@@ -29,6 +29,7 @@ from projections.readmodel import (
     ModelSettings,
     ReadModel,
     Table,
+    View,
     earliest,
     key,
     latest,
@@ -85,9 +86,29 @@ def day_row(day: Any, kind: str, channel: str, score: int, sign: int) -> tuple[A
             sign * is_alarm_answer(kind, score))
 
 
+VIEWS = (
+    View("satisfaction_daily", "SELECT day, kind, channel, responses, score_sum, promoters, passives, detractors, "
+         "satisfied, alarms FROM {satisfaction_days}",
+         "Survey answers per UTC day, kind (nps, csat) and channel (phone, email, purchase, unknown); weeks and "
+         "months are sums of days (read model satisfaction).",
+         (("channel", "the type of the event the answer is about: phone, email, purchase, or unknown"),
+          ("promoters", "NPS answers 9-10"), ("passives", "NPS answers 7-8"), ("detractors", "NPS answers 0-6"),
+          ("satisfied", "CSAT answers 4-5"), ("alarms", "alarm answers: NPS below 6 or CSAT below 3"))),
+    View("survey_answers", "SELECT customer_id, event_id, occurred_at, kind, score, about_event_id, channel "
+         "FROM {satisfaction_responses}", "Every survey answer with its channel (read model satisfaction)."),
+    View("latest_answers", "SELECT customer_id, answer_kind AS kind, answer_score AS score, answer_alarm AS alarm, "
+         "answer_at AS answered_at, answer_event_id AS event_id FROM {satisfaction_latest}",
+         "Each customer's latest survey answer of either kind, by occurred_at then event_id (read model "
+         "satisfaction).", (("alarm", "true for an alarm answer: NPS below 6 or CSAT below 3"),)),
+    View("purchases", "SELECT customer_id, event_id, occurred_at, currency, amount FROM {satisfaction_contacts} "
+         "WHERE amount IS NOT NULL", "Every purchase with its time, currency and amount (read model satisfaction)."),
+)
+
+
 class Satisfaction(ReadModel):
     name = NAME
     tables = (DAYS, RESPONSES, CONTACTS, LATEST, CUSTOMERS)
+    views = VIEWS
 
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
         super().__init__(schema, settings)

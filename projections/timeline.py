@@ -12,7 +12,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from domain.customer import TYPE_BY_EVENT_CLASS
-from projections.readmodel import LIVE_SCHEMA, Column, ModelSettings, ReadModel, Table, key
+from projections.readmodel import LIVE_SCHEMA, Column, ModelSettings, ReadModel, Table, View, key
 
 NAME = "timeline"
 
@@ -25,9 +25,17 @@ EVENTS = Table(
 )
 
 
+VIEWS = (
+    View("events", "SELECT customer_id, occurred_at, event_id, type, source, data FROM {timeline_events}",
+         "Every interaction of every customer as received: type call, email, purchase or survey_response, and "
+         "its data as JSON (read model timeline)."),
+)
+
+
 class Timeline(ReadModel):
     name = NAME
     tables = (EVENTS,)
+    views = VIEWS
 
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
         super().__init__(schema, settings)

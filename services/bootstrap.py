@@ -131,13 +131,16 @@ def read_models(settings: Settings, names: list[str] | None = None, schema: str 
 
 
 def projector(settings: Settings, store: InteractionLog | None = None, only: list[str] | None = None,
-              schema: str = LIVE_SCHEMA) -> Projector:
-    """A projector of the chosen read models (all by default), their tables created if missing."""
+              schema: str = LIVE_SCHEMA, check_versions: bool = True) -> Projector:
+    """A projector of the chosen read models (all by default), their tables created if missing;
+    live read models whose tables another version made are left out (see `leave_out_stale`)."""
     store = store or interaction_log(settings)
     result = Projector(store.recorder, store.mapper, ProjectionStore(store.factory.datastore),  # type: ignore[attr-defined]
                        read_models(settings, only, schema), page_size=settings.projection_page_size)
     with schema_lock(settings):
         result.create_tables()
+    if schema == LIVE_SCHEMA and check_versions:
+        result.leave_out_stale()
     return result
 
 

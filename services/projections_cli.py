@@ -1,0 +1,124 @@
+"""`rapport projections ...`: status, parked events, retrying them, blue/green rebuilds."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from projections.catalog import READ_MODELS
+from services.settings import Settings
+
+
+def add_parser(sub: Any, epilog: str) -> None:
+    names = ", ".join(READ_MODELS)
+    p = sub.add_parser(
+        "projections", help="read models: status, parked events, retry, blue/green rebuild",
+        description=f"Look after the read models ({names}).", epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("status", help="position, lag and parked events of each read model")
+    a.set_defaults(func=cmd_status)
+    a = actions.add_parser("parked", help="list the events a read model failed on, with the error",
+                           description="Lists parked events (oldest first) with the read model, the error and the "
+                           "stored event. A parked event is left out of that read model only, until retried.")
+    a.add_argument("name", nargs="?", choices=list(READ_MODELS), help="only this read model")
+    a.set_defaults(func=cmd_parked)
+    a = actions.add_parser("retry", help="apply parked events again (after fixing their cause)",
+                           description="Applies each parked event to its read model again; those that still fail "
+                           "stay parked with the new error. Exit code 1 if any stay parked.")
+    a.add_argument("name", nargs="?", choices=list(READ_MODELS), help="only this read model")
+    a.set_defaults(func=cmd_retry)
+    a = actions.add_parser(
+        "rebuild", help="build a fresh copy from position 0 beside the live one, compare, swap",
+        description="Builds a fresh copy of the read model in schema rapport_rebuild from the whole event store "
+        "(progress bar and ETA), catches it up to the head, prints how it differs from the live copy (rows added, "
+        "removed, changed, with examples), then swaps it in atomically. The API answers from the live copy until "
+        "the swap. This is how a changed read model (new column, fixed rule, new settings) is rolled out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("name", choices=list(READ_MODELS), help="the read model to rebuild")
+    a.add_argument("--no-swap", action="store_true",
+                   help="build and compare only: the live copy stays; the new one stays in schema rapport_rebuild")
+    a.set_defaults(func=cmd_rebuild)
+
+
+def _names(args: argparse.Namespace) -> list[str]:
+    return [args.name] if getattr(args, "name", None) else list(READ_MODELS)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.runner import projection_status
+    from services.bootstrap import read_pool
+
+    with read_pool(settings, max_size=1) as pool, pool.connection() as conn:
+        items = projection_status(conn, list(READ_MODELS))
+    print(f"{'read model':<14} {'position':>10} {'head':>10} {'lag':>8} {'lag s':>8} {'parked':>7}")
+    for i in items:
+        print(f"{i['name']:<14} {i['position']:>10} {i['head']:>10} {i['lag']:>8} {i['lag_seconds']:>8.1f} "
+              f"{i['parked']:>7}")
+    return 0
+
+
+def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.runner import parked_events
+    from services.bootstrap import read_pool
+
+    with read_pool(settings, max_size=1) as pool, pool.connection() as conn:
+        rows = parked_events(conn, _names(args))
+    for row in rows:
+        print(f"{row['read_model']} notification {row['notification_id']} (customer stream {row['originator_id']} "
+              f"v{row['originator_version']}, parked {row['parked_at']:%Y-%m-%d %H:%M:%S}, {row['attempts']} "
+              f"attempt(s))\n  error: {row['error']}\n  event: {row['event'][:500]}")
+    print(f"{len(rows)} parked event(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from services.bootstrap import interaction_log, projector
+
+    store = interaction_log(settings)
+    try:
+        applied, still = projector(settings, store, only=_names(args)).retry_parked()
+    finally:
+        store.close()
+    print(f"{applied} parked event(s) applied, {still} still parked")
+    return 1 if still else 0
+
+
+def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from projections.rebuild import REBUILD_SCHEMA, build_copy, compare_and_swap
+    from services.bootstrap import interaction_log, projector
+
+    store = interaction_log(settings)
+    try:
+        copy = projector(settings, store, only=[args.name], schema=REBUILD_SCHEMA)
+        live = projector(settings, store, only=[args.name], check_versions=False)
+        head = store.recorder.max_notification_id() or 0
+        with tqdm(total=head, desc=f"rebuilding {args.name}", unit="ev", file=sys.stderr) as bar:
+            def progress(position: int, target: int) -> None:
+                bar.total = max(bar.total or 0, target)
+                bar.update(position - bar.n)
+
+            build_copy(copy, progress)
+        report = compare_and_swap(live, copy, swap=not args.no_swap)
+    finally:
+        store.close()
+    print_report(report)
+    return 0
+
+
+def print_report(report: Any) -> None:
+    print(f"{report.name} at position {report.position}: "
+          + ("identical to the live copy" if report.same else "differs from the live copy"))
+    for t in report.tables:
+        line = (f"  {t.table}: {t.live_rows} rows live, {t.new_rows} rebuilt; {t.added} added, {t.removed} removed, "
+                f"{t.changed} changed")
+        if t.new_columns or t.dropped_columns:
+            line += f"; new columns {t.new_columns or '-'}, dropped columns {t.dropped_columns or '-'}"
+        print(line)
+        for example in t.examples:
+            print(f"    {example}")
+    print("swapped: the rebuilt copy is live" if report.swapped else "not swapped (--no-swap): the live copy is unchanged")
