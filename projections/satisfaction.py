@@ -149,7 +149,13 @@ class Satisfaction(ReadModel):
             latest_rows = [(r[0], r[3], r[4], is_alarm_answer(r[3], r[4]), r[2], r[1]) for r in responses]
             curs.execute(self._sql["latest"], LATEST.parameters(self._latest.accumulate(latest_rows)))
         if days:
-            curs.execute(self._sql["days"], DAYS.parameters(self._days.accumulate(days)))
+            merged = self._days.accumulate(days)
+            curs.execute(self._sql["days"], DAYS.parameters(merged))
+            emptied = [row[:3] for row in merged if row[3] < 0]
+            if emptied:  # a bucket whose every answer moved to another channel is no bucket
+                curs.execute(f"DELETE FROM {self.t(DAYS.name)} WHERE responses = 0 AND (day, kind, channel) IN "
+                             "(SELECT * FROM unnest(%b::date[], %b::text[], %b::text[]))",
+                             [list(column) for column in zip(*emptied, strict=True)])
         curs.execute(self._sql["customers"], CUSTOMERS.parameters(self._customers.accumulate(seen)))
 
     def _find_channels(self, curs: Any, responses: list[list[Any]]) -> None:

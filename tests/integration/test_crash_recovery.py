@@ -10,8 +10,10 @@ from decimal import Decimal
 
 import pytest
 
+from eventstore import tables
 from eventstore.store import InteractionLog
-from services.bootstrap import ingest_consumer, projection_runners
+from projections import customer_360, lifecycle, timeline
+from services.bootstrap import ingest_consumer, projector
 from services.settings import Settings
 from tests.conftest import ROOT, settings_env
 from tests.support import drain, end_offsets, envelope, new_customer_id, publish, stored_event_ids, wait_for
@@ -48,7 +50,7 @@ def start(command: str, settings: Settings, **env: str) -> subprocess.Popen[byte
 
 def stored_count(store: InteractionLog, topic: str) -> int:
     with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
-        row = conn.execute("SELECT count(*) AS n FROM rapport_event_ids WHERE source_topic = %s", (topic,)).fetchone()
+        row = conn.execute(f"SELECT count(*) AS n FROM {tables.EVENT_IDS} WHERE source_topic = %s", (topic,)).fetchone()
     return int(row["n"])
 
 
@@ -106,34 +108,39 @@ def test_projector_killed_mid_stream_loses_nothing_and_doubles_nothing(settings:
     customers, events = workload()
     publish(settings, events)
     drain(ingest_consumer(settings, store), settings, timeout=180)
-    [runner] = projection_runners(settings, store)
-    start_position = runner.recorder.position()
+    runner = projector(settings, store)
+    start_position = min(runner.positions().values())
     head = store.recorder.max_notification_id()
+
+    def progress() -> int:  # the read model furthest behind
+        return min(runner.positions().values()) - start_position
 
     first = start("projector", settings, RAPPORT_PROJECTION_PAGE_SIZE="100")
     try:
-        kill_mid_stream(first, lambda: runner.recorder.position() - start_position, head - start_position)
+        kill_mid_stream(first, progress, head - start_position)
     finally:
         first.kill()
 
     second = start("projector", settings, RAPPORT_PROJECTION_PAGE_SIZE="100")
     try:
-        wait_for(lambda: runner.recorder.position() >= head, timeout=180, interval=0.1,
-                 what="the restarted projector to reach the head")
+        wait_for(lambda: progress() >= head - start_position, timeout=180, interval=0.1,
+                 what="the restarted projector to bring every read model to the head")
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=60) == 0, "projector did not stop cleanly on SIGTERM"
     finally:
         second.kill()
 
+    counts = ", ".join(f"c.{customer_360.count_column(t)}" for t in ("call", "email", "purchase", "survey_response"))
     with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
         rows = conn.execute(
-            "SELECT c.customer_id, c.calls, c.emails_count, c.purchases, c.survey_responses, "
-            "COALESCE(r.revenue, 0) AS revenue FROM customer_360 c "
-            "LEFT JOIN customer_360_revenue r ON r.customer_id = c.customer_id AND r.currency = 'USD' "
+            f"SELECT c.customer_id, {counts}, COALESCE(r.revenue, 0) AS revenue FROM {customer_360.CUSTOMERS.name} c "
+            f"LEFT JOIN {customer_360.REVENUE.name} r ON r.customer_id = c.customer_id AND r.currency = 'USD' "
             "WHERE c.customer_id = ANY(%s)", (customers,)).fetchall()
-        facts = conn.execute("SELECT count(*) AS n FROM customer_360_facts WHERE customer_id = ANY(%s)",
-                             (customers,)).fetchone()
-    actual = {r["customer_id"]: (r["calls"], r["emails_count"], r["purchases"], r["survey_responses"], r["revenue"])
-              for r in rows}
+        per_model = {
+            table.name: conn.execute(f"SELECT count(*) AS n FROM {table.name} WHERE customer_id = ANY(%s)",
+                                     (customers,)).fetchone()["n"]
+            for table in (lifecycle.FACTS, timeline.EVENTS)
+        }
+    actual = {r["customer_id"]: tuple(r.values())[1:] for r in rows}
     assert actual == expected_rows(customers, events)
-    assert facts["n"] == EVENTS
+    assert per_model == {lifecycle.FACTS.name: EVENTS, timeline.EVENTS.name: EVENTS}
