@@ -124,6 +124,16 @@ def positions(curs: Any, names: Sequence[str]) -> dict[str, int]:
     return {name: found.get(name, 0) for name in names}
 
 
+def _columns_match(curs: Any, model: ReadModel) -> bool:
+    for table in model.tables:
+        curs.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                     (model.schema, table.name))
+        found = {row["column_name"] for row in curs.fetchall()}
+        if found and found != set(table.column_names):
+            return False
+    return True
+
+
 def stored_versions(curs: Any, names: Sequence[str]) -> dict[str, int]:
     curs.execute(f"SELECT read_model, version FROM {VERSIONS_TABLE} WHERE read_model = ANY(%s)", (list(names),))
     return {row["read_model"]: row["version"] for row in curs.fetchall()}
@@ -189,8 +199,11 @@ class Projector:
         with self.store.datastore.transaction(commit=True) as curs:
             for model, name in zip(self.models, self.names, strict=True):
                 if model.schema == LIVE_SCHEMA:
+                    # Tables of a release before versions were recorded count as version 0 when
+                    # their columns differ from this code's.
+                    version = model.version if _columns_match(curs, model) else 0
                     curs.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                                 (name, model.version))
+                                 (name, version))
             stored = stored_versions(curs, self.names)
         self.stale = {name: (stored[name], model.version) for model, name in zip(self.models, self.names, strict=True)
                       if name in stored and stored[name] != model.version}
@@ -206,6 +219,8 @@ class Projector:
             curs.execute(f'CREATE SCHEMA IF NOT EXISTS "{ANALYTICS_SCHEMA}"')
             for model in self.models:
                 curs.execute(f'CREATE SCHEMA IF NOT EXISTS "{model.schema}"')
+                if not _columns_match(curs, model):
+                    continue  # tables of another version: left as they are (see `leave_out_stale`)
                 for statement in model.create_statements():
                     curs.execute(statement)
                 if model.schema == LIVE_SCHEMA:

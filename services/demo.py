@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -12,8 +13,11 @@ from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from consumers.ingest import kafka_producer
-from services.bootstrap import interaction_log, projection_runners
+from eventstore import tables
+from projections import customer_360
+from services.bootstrap import interaction_log, projector
 from services.processes import Processes
+from services.projections_cli import print_report, rebuild
 from services.settings import Settings
 from services.topics import ensure_topics
 from tools.demo_data import generate_demo_data
@@ -83,6 +87,12 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
         _say(f"generated {len(data.messages)} messages: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
         publish(settings, data.messages)
 
+    stale = projector(settings, store).stale
+    for name in stale:  # tables of an older Rapport: roll the new version out as an operator would
+        _say(f"read model {name}: its tables were made by an older version; rebuilding it "
+             f"(rapport projections rebuild {name})")
+        print_report(rebuild(settings, store, name))
+
     with Processes() as processes:
         processes.start_all(["ingest", "projector", "api"])
         targets = end_offsets(settings)
@@ -96,35 +106,53 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
         head = store.recorder.max_notification_id() or 0
         base = f"http://{settings.api_host}:{settings.api_port}"
 
-        runners = projection_runners(settings, store)
+        runner = projector(settings, store)
 
-        def projected() -> int:
-            return min(runner.recorder.position() for runner in runners)
+        def projected() -> int:  # the read model furthest behind
+            return min(runner.positions().values())
 
-        _wait("projection customer_360", head, projected, processes)
+        _wait(f"read models ({', '.join(runner.names)})", head, projected, processes)
         sample = (data.sample_customer_ids[0] if data else None) or _any_customer(store)
         _wait_for_api(base, processes)
-        view = _get_json(f"{base}/customers/{sample}")
-        with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
-            counts = conn.execute(
-                "SELECT (SELECT count(*) FROM rapport_event_ids) AS events, "
-                "(SELECT count(*) FROM rapport_dead_letters) AS dead, "
-                "(SELECT count(*) FROM customer_360) AS customers"
-            ).fetchone()
-        _say("")
-        _say(f"Rapport is running: {counts['events']} events of {counts['customers']} customers stored, "
-             f"{counts['dead']} messages dead-lettered to {settings.dead_letter_topic} (reasons in SQL table "
-             "rapport_dead_letters); duplicates ignored.")
-        _say(f"  a customer:   curl {base}/customers/{sample}")
-        _say(f"                (stage {view['lifecycle']['stage']}, {sum(view['interaction_counts'].values())} "
-             "interactions)")
-        _say(f"  the API:      {base}/docs  (OpenAPI; JSON at {base}/openapi.json)")
-        _say(f"  progress:     curl {base}/projections      health: curl {base}/health")
-        _say(f"  SQL:          psql {settings.database_url} -c 'select * from customer_360 limit 5'")
+        _print_where_to_look(settings, store, base, sample)
         if not serve:
             return 0
         _say("Press Ctrl-C to stop.")
         return processes.wait()
+
+
+def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str) -> None:
+    view = _get_json(f"{base}/customers/{urllib.parse.quote(sample)}")
+    stages = _get_json(f"{base}/lifecycle/stages")["stages"]
+    trend = _get_json(f"{base}/satisfaction/trend?kind=nps&granularity=month")["points"]
+    alarms = _get_json(f"{base}/satisfaction/alarms?limit=500")["items"]
+    with store.factory.datastore.get_connection() as conn:
+        counts = conn.execute(
+            f"SELECT (SELECT count(*) FROM {tables.EVENT_IDS}) AS events, "
+            f"(SELECT count(*) FROM {tables.DEAD_LETTERS}) AS dead, "
+            f"(SELECT count(*) FROM {customer_360.CUSTOMERS.name}) AS customers"
+        ).fetchone()
+    customer = f"{base}/customers/{urllib.parse.quote(sample)}"
+    latest = trend[-1] if trend else None
+    _say("")
+    _say(f"Rapport is running: {counts['events']} events of {counts['customers']} customers stored, "
+         f"{counts['dead']} messages dead-lettered to {settings.dead_letter_topic} (reasons in SQL table "
+         f"{tables.DEAD_LETTERS}); duplicates ignored.")
+    _say(f"  a customer:   curl {customer}")
+    _say(f"                (stage {view['lifecycle']['stage']} since {view['lifecycle']['since']}, "
+         f"{sum(view['interaction_counts'].values())} interactions)")
+    _say(f"  its history:  curl {customer}/lifecycle      its events: curl '{customer}/timeline?limit=20'")
+    _say(f"  stages now:   curl {base}/lifecycle/stages   ({', '.join(f'{k} {v}' for k, v in stages.items())})")
+    _say(f"  flow:         curl '{base}/lifecycle/flow?from=2026-01-01&to=2026-04-01'")
+    _say(f"  NPS trend:    curl '{base}/satisfaction/trend?kind=nps&granularity=month&channel=phone'"
+         + (f"   (NPS {latest['nps']} in {latest['period_start'][:7]})" if latest else ""))
+    _say(f"  call back:    curl {base}/satisfaction/alarms   ({len(alarms)}{'+' if len(alarms) == 500 else ''} "
+         "customers whose latest answer is an alarm, last 30 days)")
+    _say(f"  revenue:      curl {base}/satisfaction/revenue-by-category")
+    _say(f"  the API:      {base}/docs  (OpenAPI; JSON at {base}/openapi.json)")
+    _say(f"  progress:     curl {base}/projections   metrics: curl {base}/metrics   health: curl {base}/health")
+    _say(f"  SQL:          psql {settings.database_url} -c 'select * from analytics.satisfaction_daily limit 5'")
+    _say("                (views in schema analytics: \\dv analytics.*; queries in the README)")
 
 
 def _wait_for_api(base: str, processes: Processes, timeout: float = 60) -> None:
@@ -144,5 +172,6 @@ def _wait_for_api(base: str, processes: Processes, timeout: float = 60) -> None:
 
 def _any_customer(store: Any) -> str:
     with store.factory.datastore.get_connection() as conn:
-        row = conn.execute("SELECT customer_id FROM customer_360 ORDER BY calls + emails_count DESC LIMIT 1").fetchone()
+        row = conn.execute(f"SELECT customer_id FROM {customer_360.CUSTOMERS.name} "
+                           "ORDER BY call_count + email_count DESC LIMIT 1").fetchone()
     return str(row["customer_id"]) if row else "unknown"

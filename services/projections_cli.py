@@ -87,27 +87,34 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
-    from tqdm import tqdm
-
-    from projections.rebuild import REBUILD_SCHEMA, build_copy, compare_and_swap
-    from services.bootstrap import interaction_log, projector
+    from services.bootstrap import interaction_log
 
     store = interaction_log(settings)
     try:
-        copy = projector(settings, store, only=[args.name], schema=REBUILD_SCHEMA)
-        live = projector(settings, store, only=[args.name], check_versions=False)
-        head = store.recorder.max_notification_id() or 0
-        with tqdm(total=head, desc=f"rebuilding {args.name}", unit="ev", file=sys.stderr) as bar:
-            def progress(position: int, target: int) -> None:
-                bar.total = max(bar.total or 0, target)
-                bar.update(position - bar.n)
-
-            build_copy(copy, progress)
-        report = compare_and_swap(live, copy, swap=not args.no_swap)
+        report = rebuild(settings, store, args.name, swap=not args.no_swap)
     finally:
         store.close()
     print_report(report)
     return 0
+
+
+def rebuild(settings: Settings, store: Any, name: str, swap: bool = True) -> Any:
+    """Build a fresh copy of the read model with a progress bar and ETA, compare, swap."""
+    from tqdm import tqdm
+
+    from projections.rebuild import REBUILD_SCHEMA, build_copy, compare_and_swap
+    from services.bootstrap import projector
+
+    copy = projector(settings, store, only=[name], schema=REBUILD_SCHEMA)
+    live = projector(settings, store, only=[name], check_versions=False)
+    head = store.recorder.max_notification_id() or 0
+    with tqdm(total=head, desc=f"rebuilding {name}", unit="ev", file=sys.stderr) as bar:
+        def progress(position: int, target: int) -> None:
+            bar.total = max(bar.total or 0, target)
+            bar.update(position - bar.n)
+
+        build_copy(copy, progress)
+    return compare_and_swap(live, copy, swap=swap)
 
 
 def print_report(report: Any) -> None:
