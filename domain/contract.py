@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+import sys
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -82,7 +85,68 @@ def _not_boolean(value: object) -> object:
     return value
 
 
+def _shown(value: object, limit: int = 60) -> str:
+    """A value as a producer would recognise it in a reason: numbers as written (`1E+400`, not
+    `Decimal('1E+400')`), text quoted; cut to `limit` characters."""
+    if isinstance(value, Decimal):
+        shown = str(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        try:
+            shown = str(value)
+        except ValueError:  # more digits than Python will print
+            shown = f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
+    else:
+        shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _number(value: object) -> Decimal | int | float | None:
+    """The numeric value of an input pydantic may read as an integer, WITHOUT making it an int
+    (int(Decimal("1e999999999")) would take for ever); None when it is not a finite number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            value = Decimal(value.strip())
+        except (InvalidOperation, ValueError):
+            return None
+    if isinstance(value, Decimal) and value.is_finite():
+        return value
+    return None
+
+
+def _between(low: int, high: int, note: str = "") -> BeforeValidator:
+    """Bounds an integer field to low..high, checked before pydantic turns the input into an int,
+    so that a number like 1e400 is rejected by its range instead of becoming a 401-digit integer
+    that no PostgreSQL column can hold (or, at 1e999999999, taking minutes to build)."""
+    rule = f"must be an integer {low:,}–{high:,}{note}"
+
+    def check(value: object) -> object:
+        _not_boolean(value)
+        number = _number(value)
+        if number is not None and not low <= number <= high:
+            raise ValueError(f"{rule} (got {_shown(value)})")
+        return value
+
+    return BeforeValidator(check)
+
+
 Integer = Annotated[int, BeforeValidator(_not_boolean)]
+
+# Upper bounds of the integer fields: whatever a read model sums or stores fits a PostgreSQL
+# column. A week of seconds: the sum of 10^13 calls still fits a bigint.
+MAX_CALL_SECONDS = 604_800
+# A million units on one order line is far beyond any real order. A 1 MiB message holds fewer
+# than 30,000 items (each at least ~36 bytes), so one message's quantities sum to < 3·10^10,
+# and 3·10^8 such messages still fit a bigint; quantity × unit_price stays under 10^24, exact
+# within the 60 digits of domain.rules.MONEY_CONTEXT.
+MAX_ITEM_QUANTITY = 1_000_000
+# The largest PostgreSQL `integer`.
+MAX_VERSION = 2_147_483_647
 
 
 class CustomerRef(_Open):
@@ -107,7 +171,7 @@ class CustomerRef(_Open):
 
 class CallData(_Open):
     direction: Direction
-    duration_seconds: Annotated[Integer, Field(ge=0)]
+    duration_seconds: Annotated[int, _between(0, MAX_CALL_SECONDS, " (a week at most)")]
     outcome: Literal["resolved", "unresolved", "voicemail", "no_answer"] | None = None
     agent: str | None = None
     topic: str | None = None
@@ -119,13 +183,32 @@ class EmailData(_Open):
     campaign: str | None = None
 
 
-# Bounded so that sums stay exact (30 digits, 12 after the point: any currency, any unit).
-Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, max_digits=30, decimal_places=12)]
+# Bounded so that sums stay exact: at most 18 digits before the point and 12 after it (30 in
+# all; any currency, any unit). The places are counted as written, trailing zeros too, because
+# the written scale is kept and shown ("10.50" stays "10.50"); leading zeros do not count.
+MONEY_WHOLE_DIGITS = 18
+MONEY_DECIMAL_PLACES = 12
+
+
+def _money_digits(value: Decimal) -> Decimal:
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite: allow_inf_nan=False ran first
+    places = max(0, -exponent)
+    whole = 0 if value.is_zero() else max(0, value.adjusted() + 1)
+    if whole > MONEY_WHOLE_DIGITS or places > MONEY_DECIMAL_PLACES:
+        raise ValueError(
+            f"must have at most {MONEY_WHOLE_DIGITS} digits before the point and {MONEY_DECIMAL_PLACES} "
+            f"after it (got {_shown(value)})"
+        )
+    return value
+
+
+Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False), AfterValidator(_money_digits)]
 
 
 class PurchaseItem(_Open):
     sku: Identifier
-    quantity: Annotated[Integer, Field(gt=0)]
+    quantity: Annotated[int, _between(1, MAX_ITEM_QUANTITY)]
     unit_price: Money
 
 
@@ -154,14 +237,20 @@ class SurveyResponseData(_Open):
     comment: str | None = None
     about_event_id: str | None = None
 
-    @field_validator("score")
+    @field_validator("score", mode="before")
     @classmethod
-    def _score_in_range(cls, score: int, info: ValidationInfo) -> int:
+    def _score_in_range(cls, score: object, info: ValidationInfo) -> object:
+        # Before the int conversion: 1e5000 must not become a 5,001-digit integer first.
+        number = _number(score)
+        if number is None:
+            return score  # not a number: the integer rules say what is wrong
         kind = info.data.get("kind")
         if kind in SCORE_RANGES:
             low, high = SCORE_RANGES[kind]
-            if not low <= score <= high:
-                raise ValueError(f"{score} is out of range for {kind}: must be an integer {low}–{high}")
+            if not low <= number <= high:
+                raise ValueError(f"{_shown(score)} is out of range for {kind}: must be an integer {low}–{high}")
+        elif not 0 <= number <= 10:  # kind broken (reported on its own): the widest range
+            raise ValueError(f"{_shown(score)} is out of range: must be an integer 0–10 (nps) or 1–5 (csat)")
         return score
 
 
@@ -181,7 +270,7 @@ class Envelope(_Open):
     occurred_at: datetime
     customer: CustomerRef
     source: str | None = None
-    version: Annotated[Integer, Field(ge=1)] = 1
+    version: Annotated[int, _between(1, MAX_VERSION)] = 1
     data: dict[str, Any]
     _canonical: dict[str, Any] | None = PrivateAttr(None)
     _fingerprint: str | None = PrivateAttr(None)
@@ -219,10 +308,7 @@ def _describe(error: Any, prefix: str = "") -> str:
     if kind in ("literal_error", "string_too_short", "string_too_long", "greater_than_equal",
                 "greater_than", "int_parsing", "int_from_float", "decimal_parsing", "string_type",
                 "int_type", "dict_type", "model_type", "list_type", "finite_number"):
-        shown = repr(error.get("input"))
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        message = f"{message} (got {shown})"
+        message = f"{message} (got {_shown(error.get('input'))})"
     return f"{where}: {message}"
 
 
@@ -269,31 +355,57 @@ def validate_envelope(obj: object) -> Envelope:
     except ValidationError as exc:
         problems.extend(_errors(exc))
     event_type, data = obj.get("type"), obj.get("data")
+    typed: _Open | None = None
     if event_type in DATA_MODELS and isinstance(data, dict):
         try:
             typed = DATA_MODELS[event_type].model_validate(data)
         except ValidationError as exc:
             problems.extend(_errors(exc, prefix="data."))
-        else:
-            if envelope is not None:
-                # The typed, normalised data replaces the raw dict; set in place because the
-                # model is frozen and a model_copy per message costs more than the validation.
-                envelope.__dict__["data"] = typed.model_dump(mode="json", exclude_none=True)
     if problems:
         raise InvalidEvent(_reason(problems), event_id=event_id)
-    assert envelope is not None
-    if nul := _find_nul(obj):
-        raise InvalidEvent(f"{nul}: contains the character U+0000 (NUL), which text cannot hold", event_id=event_id)
+    assert envelope is not None and typed is not None
     try:
+        # The typed, normalised data replaces the raw dict; set in place because the model is
+        # frozen and a model_copy per message costs more than the validation.
+        envelope.__dict__["data"] = typed.model_dump(mode="json", exclude_none=True)
         envelope.fingerprint()
     except UnicodeEncodeError:
         raise InvalidEvent(
             "message contains an unpaired UTF-16 surrogate escape (like \\ud800), which is not text",
             event_id=event_id,
         ) from None
-    except (ValueError, RecursionError):  # e.g. pydantic's maximum serialization depth
-        raise InvalidEvent("message is not usable JSON: nested too deeply", event_id=event_id) from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidEvent(_not_serialisable(obj, exc), event_id=event_id) from None
+    # After serialising: that bounds the nesting, so this recursive walk cannot overflow.
+    if nul := _find_nul(obj):
+        raise InvalidEvent(f"{nul}: contains the character U+0000 (NUL), which text cannot hold", event_id=event_id)
     return envelope
+
+
+def _not_serialisable(obj: dict[str, Any], error: BaseException) -> str:
+    """The reason for a valid-looking message that cannot be turned into its canonical JSON.
+    Only a nesting problem is called one: pydantic stops serialising at a fixed depth."""
+    if isinstance(error, RecursionError) or "depth" in str(error):
+        depth, path = _deepest(obj)
+        return f"{path}: nested too deeply to be stored ({depth:,} levels of arrays and objects)"
+    return f"message cannot be stored as JSON ({type(error).__name__}: {error})"
+
+
+def _deepest(obj: object) -> tuple[int, str]:
+    """The field holding the deepest nesting of arrays and objects (`data.<field>` and
+    `customer.<field>` inside those two) and how many levels it holds; iterative, any depth."""
+    best, levels, where = 0, 0, "message"
+    stack: list[tuple[object, int, tuple[str, ...]]] = [(obj, 0, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, dict | list):
+            depth += 1
+            if depth > best:
+                named = min(len(path), 2 if path[:1] in (("data",), ("customer",)) else 1)
+                best, levels, where = depth, depth - named, ".".join(path[:named]) or "message"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((child, depth, (*path, str(key))) for key, child in items)
+    return levels, where
 
 
 def parse_envelope(raw: bytes | str) -> Envelope:
@@ -328,10 +440,45 @@ def decode_json(text: str, start: int) -> tuple[Any, int]:
         return _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as exc:
         raise InvalidEvent(f"message is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except InvalidEvent:
+        raise
     except RecursionError:
         raise InvalidEvent("message is not usable JSON: nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
-        raise InvalidEvent(f"message is not usable JSON: {exc}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise InvalidEvent(_long_integer(text, start) or f"message is not usable JSON: {exc}") from None
+
+
+class _LongInteger:
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _long_integer(text: str, start: int) -> str | None:
+    """When decoding failed on an integer too long for Python, decode again (only then, so the
+    usual path stays fast) with a marker for such integers, to name the field that holds one."""
+    limit = sys.get_int_max_str_digits()
+    if not limit:
+        return None
+
+    def parse_int(literal: str) -> int | _LongInteger:
+        digits = len(literal.lstrip("-"))
+        return _LongInteger(digits) if digits > limit else int(literal)
+
+    decoder = json.JSONDecoder(parse_float=Decimal, parse_int=parse_int, parse_constant=_reject_constant)
+    try:
+        obj, _ = decoder.raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[object, tuple[str, ...]]] = [(obj, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, _LongInteger):
+            return (f"{'.'.join(path) or 'message'}: an integer of {value.digits:,} digits is too long "
+                    f"(at most {limit:,} digits)")
+        if isinstance(value, dict | list):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((child, (*path, str(key))) for key, child in reversed(list(items)))
+    return None
 
 
 def _json_kind(obj: object) -> str:

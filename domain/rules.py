@@ -37,8 +37,21 @@ def preferred_channel(
 MONEY_CONTEXT = Context(prec=60, rounding=ROUND_HALF_EVEN)
 
 
+def format_money(amount: Decimal) -> str:
+    """An amount in plain decimal notation, keeping its scale: never exponent notation (which
+    `str(Decimal)` uses for 1E-12, 1E+3 or 0E-12), never a negative zero.
+    1E-12 → "0.000000000001", 1.20 → "1.20", 1E+3 → "1000", 0E-12 → "0.000000000000", -0.00 → "0.00"."""
+    if not amount.is_finite():
+        raise ValueError(f"{amount} is not an amount of money")
+    if amount.is_zero():
+        # No "-0"; and a zero written with a positive exponent (0E+3) is just "0", not "0000".
+        amount = Decimal(0) if amount.as_tuple().exponent > 0 else amount.copy_abs()  # type: ignore[operator]
+    return f"{amount:f}"  # 'f' without a precision prints every digit exactly, no rounding
+
+
 def average_order_value(revenue: Decimal, orders: int) -> Decimal:
-    """Revenue / orders, to the same number of decimal places as the revenue."""
+    """Revenue / orders, to the same number of decimal places as the revenue (never fewer than
+    none); show it with `format_money`."""
     exponent = min(revenue.as_tuple().exponent, 0)  # type: ignore[type-var]
     with localcontext(MONEY_CONTEXT):
         return (revenue / orders).quantize(Decimal(1).scaleb(exponent))

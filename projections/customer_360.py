@@ -15,7 +15,7 @@ from typing import Any
 
 from domain.contract import EVENT_TYPES
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer
-from domain.rules import MONEY_CONTEXT
+from domain.rules import MONEY_CONTEXT, nps_category
 from projections.readmodel import (
     Merge,
     MergeReadModel,
@@ -56,7 +56,7 @@ CUSTOMERS = Table(
         greatest("last_inbound_call_at"),
         summed("inbound_emails"),
         greatest("last_inbound_email_at"),
-        *latest("last_nps", last_nps_score="int"),
+        *latest("last_nps", last_nps_score="int", last_nps_category="text"),
         *latest("last_csat", last_csat_score="int"),
         summed("nps_sum", "bigint"),
         summed("nps_responses"),
@@ -88,7 +88,7 @@ VIEWS = (
         "SELECT customer_id, name, emails, phones, first_seen_at, last_seen_at,\n"
         + "".join(f"  {count_column(t)}, {last_column(t)},\n" for t in EVENT_TYPES)
         + "  inbound_calls, last_inbound_call_at, inbound_emails, last_inbound_email_at,\n"
-        "  last_nps_score, last_nps_at, last_csat_score, last_csat_at,\n"
+        "  last_nps_score, last_nps_category, last_nps_at, last_csat_score, last_csat_at,\n"
         "  nps_responses, round(nps_sum::numeric / NULLIF(nps_responses, 0), 2) AS average_nps_score\n"
         "FROM {customer_360}",
         "One row per customer: identifiers, first and last contact, count and latest time per event type, "
@@ -97,6 +97,7 @@ VIEWS = (
          ("name", "the name on the customer's latest event (by occurred_at, then event_id) that had one"),
          *((count_column(t), f"number of {t} events") for t in EVENT_TYPES),
          *((last_column(t), f"occurred_at of the latest {t} event") for t in EVENT_TYPES),
+         ("last_nps_category", "promoter (9-10), passive (7-8) or detractor (0-6) of the latest NPS score"),
          ("average_nps_score", "mean of every NPS score the customer gave, 2 decimals")),
     ),
     View("customer_revenue", "SELECT customer_id, currency, revenue, orders FROM {customer_360_revenue}",
@@ -138,6 +139,7 @@ class Customer360(MergeReadModel):
             group = f"last_{kind}"
             row[_AT[f"{group}_score"]], row[_AT[f"{group}_at"]], row[_AT[f"{group}_event_id"]] = score, at, event.event_id
             if kind == "nps":
+                row[_AT["last_nps_category"]] = nps_category(score)
                 row[_AT["nps_sum"]], row[_AT["nps_responses"]] = score, 1
         rows["customer_360"].append(row)
         if event_type == "purchase":

@@ -205,6 +205,8 @@ class Projector:
                     curs.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (%s, %s) ON CONFLICT DO NOTHING",
                                  (name, version))
             stored = stored_versions(curs, self.names)
+            # Columns that differ from the declaration make tables stale even under the same version.
+            stored |= {n: 0 for m, n in zip(self.models, self.names, strict=True) if not _columns_match(curs, m)}
         self.stale = {name: (stored[name], model.version) for model, name in zip(self.models, self.names, strict=True)
                       if name in stored and stored[name] != model.version}
         for name, (made_by, code) in self.stale.items():

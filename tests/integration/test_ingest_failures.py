@@ -59,6 +59,71 @@ def test_poison_messages_are_dead_lettered_and_ingest_goes_on(settings: Settings
     assert all(0 < len(letter.headers["rapport-error"]) <= MAX_REASON_CHARS for letter in letters)
 
 
+def _literal(message: dict, literal: str) -> bytes:
+    """`message` as JSON with the string "LITERAL" replaced by a raw JSON literal such as 1e5000."""
+    text = json.dumps(message)
+    assert text.count('"LITERAL"') == 1
+    return text.replace('"LITERAL"', literal).encode()
+
+
+def _huge_numbers(customer: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """(rejected: expected reason → message, accepted: event_id → message) with numbers too large."""
+    at = "2026-01-01T00:00:00Z"
+    purchase = {"order_id": "o", "amount": "1", "currency": "USD"}
+    rejected = {
+        "data.duration_seconds: must be an integer 0–604,800 (a week at most) (got 1E+400)":
+            _literal(envelope(customer, "call", at, {**CALL, "duration_seconds": "LITERAL"}), "1e400"),
+        "data.duration_seconds: must be an integer 0–604,800 (a week at most) (got 1E+5000)":
+            _literal(envelope(customer, "call", at, {**CALL, "duration_seconds": "LITERAL"}), "1e5000"),
+        "data.amount: must have at most 18 digits before the point and 12 after it (got 1E+5000)":
+            _literal(envelope(customer, "purchase", at, {**purchase, "amount": "LITERAL"}), "1e5000"),
+        "data.score: 1E+5000 is out of range for nps: must be an integer 0–10":
+            _literal(envelope(customer, "survey_response", at, {"kind": "nps", "score": "LITERAL"}), "1e5000"),
+        "version: must be an integer 1–2,147,483,647 (got 1E+5000)":
+            _literal({**envelope(customer, "call", at, CALL), "version": "LITERAL"}, "1e5000"),
+        "data.items.0.quantity: must be an integer 1–1,000,000 (got 1E+5000)":
+            _literal(envelope(customer, "purchase", at, {**purchase, "items": [
+                {"sku": "s", "quantity": "LITERAL", "unit_price": "1"}]}), "1e5000"),
+        "data.amount: must have at most 18 digits before the point and 12 after it (got 1234567890123456789)":
+            json.dumps(envelope(customer, "purchase", at, {**purchase, "amount": "1234567890123456789"})).encode(),
+        "data.note: an integer of 5,000 digits is too long (at most 4,300 digits)":
+            _literal(envelope(customer, "call", at, {**CALL, "note": "LITERAL"}), "9" * 5000),
+        "data.note: nested too deeply to be stored (300 levels of arrays and objects)":
+            _literal(envelope(customer, "call", at, {**CALL, "note": "LITERAL"}), "[" * 300 + "]" * 300),
+    }
+    accepted = {
+        "huge:data": _literal(envelope(customer, "call", at, {**CALL, "note": "LITERAL"}, event_id="huge:data"), "1e5000"),
+        "huge:top": _literal({**envelope(customer, "call", at, CALL, event_id="huge:top"), "trace": "LITERAL"}, "1e5000"),
+        "huge:week": _literal(envelope(customer, "call", at, {**CALL, "duration_seconds": "LITERAL"}, event_id="huge:week"),
+                              "6.048e5"),
+    }
+    return rejected, accepted
+
+
+def test_huge_numbers_are_dead_lettered_for_what_they_are_or_kept(settings: Settings, store: InteractionLog) -> None:
+    """1e5000 and friends: a known field says which field and why (never "nested too deeply"
+    unless it is); an unknown field keeps the value; ingest goes on."""
+    customer = new_customer_id()
+    rejected, accepted = _huge_numbers(customer)
+    publish(settings, [*rejected.values(), *accepted.values()], key=customer.encode())
+    drain(ingest_consumer(settings, store), settings)
+
+    letters = read_topic(settings, settings.dead_letter_topic, expected=len(rejected))
+    reasons = {letter.value: letter.headers["rapport-error"] for letter in letters}
+    assert reasons == {message: reason for reason, message in rejected.items()}
+    assert sorted(stored_event_ids(store, [customer])) == sorted(accepted)
+    with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(
+            "SELECT convert_from(state, 'UTF8')::json AS state FROM rapport_events "
+            "WHERE originator_id = %s AND originator_version > 1",
+            (customer_id_for(customer),),
+        ).fetchall()
+    stored = {row["state"]["event_id"]: row["state"] for row in rows}
+    assert stored["huge:data"]["data"]["note"] == "1E+5000"
+    assert stored["huge:top"]["extra"]["trace"] == "1E+5000"
+    assert stored["huge:week"]["data"]["duration_seconds"] == 604_800
+
+
 def test_two_members_of_the_group_store_everything_once(settings: Settings, store: InteractionLog) -> None:
     customers = [new_customer_id() for _ in range(60)]
     first = [envelope(c, "email", f"2026-02-{1 + i % 28:02d}T10:00:00Z", {"direction": "outbound"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -767,3 +768,260 @@ def test_any_changed_survey_value_changes_the_fingerprint(changes: dict[str, Any
 def test_fingerprint_is_stable_across_parses() -> None:
     raw = json.dumps(envelope("purchase")).encode()
     assert parse_envelope(raw).fingerprint() == parse_envelope(raw).fingerprint()
+
+
+# --- bounds of integer fields (v1.1): every number a read model sums or stores fits a column ------
+
+
+def raw_with(obj: dict[str, Any], literal: str) -> bytes:
+    """`obj` as JSON with the string "LITERAL" replaced by a raw JSON literal (e.g. 1e5000), which
+    json.dumps cannot write from a Python value."""
+    text = json.dumps(obj)
+    assert text.count('"LITERAL"') == 1
+    return text.replace('"LITERAL"', literal).encode()
+
+
+def rejected_literal(obj: dict[str, Any], literal: str) -> str:
+    return rejected_raw(raw_with(obj, literal)).reason
+
+
+@pytest.mark.parametrize("seconds", [0, 604_799, 604_800], ids=repr)
+def test_call_duration_up_to_a_week_is_accepted(seconds: int) -> None:
+    assert parse(with_data("call", duration_seconds=seconds)).data["duration_seconds"] == seconds
+
+
+@pytest.mark.parametrize(("literal", "shown"), [("604801", "604801"), ("86400000", "86400000"),
+                                                ("1e400", "1E+400"), ("1e5000", "1E+5000"), ('"604801"', "'604801'")])
+def test_call_duration_over_a_week_is_rejected_naming_field_and_range(literal: str, shown: str) -> None:
+    reason = rejected_literal(with_data("call", duration_seconds="LITERAL"), literal)
+    assert reason == f"data.duration_seconds: must be an integer 0–604,800 (a week at most) (got {shown})"
+
+
+def test_call_duration_1e400_is_not_stored_as_a_400_digit_integer() -> None:
+    with pytest.raises(InvalidEvent):
+        parse_envelope(raw_with(with_data("call", duration_seconds="LITERAL"), "1e400"))
+    # and a duration written with an exponent but within the range is an ordinary integer
+    assert parse_envelope(raw_with(with_data("call", duration_seconds="LITERAL"), "6.048e5")).data[
+        "duration_seconds"] == 604_800
+
+
+@pytest.mark.parametrize("quantity", [1, 999_999, 1_000_000], ids=repr)
+def test_purchase_item_quantity_up_to_a_million_is_accepted(quantity: int) -> None:
+    items = [{"sku": "sku-1", "quantity": quantity, "unit_price": "0.01"}]
+    assert parse(with_data("purchase", items=items)).data["items"][0]["quantity"] == quantity
+
+
+@pytest.mark.parametrize(("literal", "shown"), [("1000001", "1000001"), ("0", "0"), ("-3", "-3"),
+                                                ("1e400", "1E+400"), ("1e5000", "1E+5000")])
+def test_purchase_item_quantity_out_of_range_names_field_and_range(literal: str, shown: str) -> None:
+    items = [{"sku": "sku-1", "quantity": 2, "unit_price": "1"}, {"sku": "sku-2", "quantity": "LITERAL", "unit_price": "1"}]
+    reason = rejected_literal(with_data("purchase", items=items), literal)
+    assert reason == f"data.items.1.quantity: must be an integer 1–1,000,000 (got {shown})"
+
+
+@pytest.mark.parametrize("version", [1, 7, 2_147_483_647], ids=repr)
+def test_version_up_to_the_largest_postgresql_integer_is_accepted(version: int) -> None:
+    assert parse(envelope(version=version)).canonical()["version"] == version
+
+
+@pytest.mark.parametrize(("literal", "shown"), [("2147483648", "2147483648"), ("0", "0"), ("-1", "-1"),
+                                                ("1e400", "1E+400"), ("1e5000", "1E+5000")])
+def test_version_out_of_range_names_field_and_range(literal: str, shown: str) -> None:
+    reason = rejected_literal(envelope(version="LITERAL"), literal)
+    assert reason == f"version: must be an integer 1–2,147,483,647 (got {shown})"
+
+
+@pytest.mark.parametrize(("kind", "literal", "shown"), [("nps", "1e5000", "1E+5000"), ("csat", "1e400", "1E+400"),
+                                                         ("nps", "-1e5000", "-1E+5000"), ("csat", '"1e5000"', "'1e5000'")])
+def test_survey_score_of_a_huge_number_is_out_of_range(kind: str, literal: str, shown: str) -> None:
+    low, high = {"nps": (0, 10), "csat": (1, 5)}[kind]
+    reason = rejected_literal(with_data("survey_response", kind=kind, score="LITERAL"), literal)
+    assert reason == f"data.score: {shown} is out of range for {kind}: must be an integer {low}–{high}"
+
+
+def test_survey_score_of_a_huge_number_with_a_broken_kind_names_both() -> None:
+    reason = rejected_literal(with_data("survey_response", kind="ces", score="LITERAL"), "1e5000")
+    assert_names(reason, "data.kind")
+    assert "data.score: 1E+5000 is out of range" in reason
+
+
+@pytest.mark.parametrize(
+    ("obj", "path"),
+    [(with_data("call", duration_seconds="LITERAL"), "data.duration_seconds"),
+     (with_data("purchase", items=[{"sku": "s", "quantity": "LITERAL", "unit_price": "1"}]), "data.items.0.quantity"),
+     (envelope(version="LITERAL"), "version"),
+     (with_data("survey_response", score="LITERAL"), "data.score")],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_an_enormous_exponent_is_rejected_at_once_not_expanded_into_an_integer(obj: dict[str, Any], path: str) -> None:
+    started = time.perf_counter()
+    reason = rejected_literal(obj, "1e999999999")  # as an int: a billion digits
+    assert time.perf_counter() - started < 1.0
+    assert_names(reason, path)
+    assert "1E+999999999" in reason
+
+
+def test_reasons_show_numbers_as_written_not_as_python_reprs() -> None:
+    reason = rejected_literal(with_data("call", duration_seconds="LITERAL"), "7.5")
+    assert reason.endswith("(got 7.5)")
+    assert "Decimal" not in reason
+
+
+# --- the number 1e5000: rejected for what it is, or kept; never "nested too deeply" -------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (with_data("call", duration_seconds="LITERAL"),
+         "data.duration_seconds: must be an integer 0–604,800 (a week at most) (got 1E+5000)"),
+        (with_data("purchase", amount="LITERAL"),
+         "data.amount: must have at most 18 digits before the point and 12 after it (got 1E+5000)"),
+        (with_data("purchase", items=[{"sku": "s", "quantity": 1, "unit_price": "LITERAL"}]),
+         "data.items.0.unit_price: must have at most 18 digits before the point and 12 after it (got 1E+5000)"),
+        (with_data("survey_response", score="LITERAL"), "data.score: 1E+5000 is out of range for nps: must be an integer 0–10"),
+        (envelope(version="LITERAL"), "version: must be an integer 1–2,147,483,647 (got 1E+5000)"),
+        (envelope(source="LITERAL"), "source: Input should be a valid string (got 1E+5000)"),
+    ],
+    ids=["duration_seconds", "amount", "unit_price", "score", "version", "source"],
+)
+def test_1e5000_in_a_known_field_is_rejected_saying_what_is_wrong(obj: dict[str, Any], expected: str) -> None:
+    reason = rejected_literal(obj, "1e5000")
+    assert reason == expected
+    assert "nested" not in reason
+
+
+@pytest.mark.parametrize(
+    ("obj", "where"),
+    [(with_data("call", note="LITERAL"), ("data", "note")),
+     (with_data("purchase", items=[{"sku": "s", "quantity": 1, "unit_price": "1", "weight": "LITERAL"}]),
+      ("data", "items", 0, "weight")),
+     (envelope(trace="LITERAL"), ("trace",)),
+     (with_customer(score="LITERAL"), ("customer", "score"))],
+    ids=["data", "item", "top-level", "customer"],
+)
+@pytest.mark.parametrize("literal", ["1e5000", "-1e5000", "1e-5000", "1e400"])
+def test_1e5000_in_an_unknown_field_is_kept_with_its_value(obj: dict[str, Any], where: tuple[Any, ...], literal: str) -> None:
+    event = parse_envelope(raw_with(obj, literal))
+    kept: Any = event.canonical()
+    for step in where:
+        kept = kept[step]
+    assert isinstance(kept, str)  # numbers of unknown fields are kept as decimal strings
+    assert Decimal(kept) == Decimal(literal)
+    assert len(event.fingerprint()) == 64
+
+
+def test_a_message_that_is_just_1e5000_is_not_an_object() -> None:
+    reason = rejected_raw(b"1e5000").reason
+    assert reason == "message must be a JSON object, not a JSON number"
+
+
+@pytest.mark.parametrize(
+    ("obj", "path"),
+    [(with_data("call", duration_seconds="LITERAL"), "data.duration_seconds"),
+     (with_data("call", note="LITERAL"), "data.note"),
+     (envelope(trace=["x", {"n": "LITERAL"}]), "trace.1.n")],
+    ids=["duration_seconds", "unknown data field", "nested unknown field"],
+)
+def test_an_integer_of_more_than_4300_digits_is_rejected_naming_its_field(obj: dict[str, Any], path: str) -> None:
+    reason = rejected_literal(obj, "9" * 5000)
+    assert reason == f"{path}: an integer of 5,000 digits is too long (at most 4,300 digits)"
+
+
+def test_an_integer_of_4300_digits_in_an_unknown_field_is_kept_as_an_integer() -> None:
+    number = int("9" * 4300)
+    assert parse(with_data("call", note=number)).data["note"] == number
+
+
+def _nested(levels: int) -> str:
+    return "[" * levels + "1" + "]" * levels
+
+
+@pytest.mark.parametrize(
+    ("obj", "path"),
+    [(with_data("call", note="LITERAL"), "data.note"), (envelope(trace="LITERAL"), "trace"),
+     (with_customer(tags="LITERAL"), "customer.tags")],
+    ids=["data", "top-level", "customer"],
+)
+def test_only_a_message_nested_too_deeply_is_said_to_be(obj: dict[str, Any], path: str) -> None:
+    assert parse_envelope(raw_with(obj, _nested(100))).event_id == "pbx-01:call:998877"
+    reason = rejected_literal(obj, _nested(300))
+    assert reason == f"{path}: nested too deeply to be stored (300 levels of arrays and objects)"
+
+
+def test_a_message_nested_deeper_than_the_json_decoder_goes_is_nested_too_deeply() -> None:
+    assert rejected_raw(b"[" * 100_000).reason == "message is not usable JSON: nested too deeply"
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_number_literals_are_named_once(constant: str) -> None:
+    reason = rejected_literal(with_data("call", note="LITERAL"), constant)
+    assert reason == f"message is not valid JSON: {constant} is not a JSON number"
+
+
+# --- amounts: at most 18 digits before the point and 12 after it ------------------------------
+
+
+MONEY_RULE = "must have at most 18 digits before the point and 12 after it"
+
+
+@pytest.mark.parametrize(
+    "amount",
+    ["123456789012345678", "999999999999999999", "123456789012345678.123456789012", "0.000000000001",
+     "0.100000000000", "0001.50", "1E+17", "0E-12"],
+    ids=repr,
+)
+def test_amount_of_up_to_18_digits_before_the_point_and_12_after_is_accepted(amount: str) -> None:
+    data = parse(with_data("purchase", amount=amount)).data
+    assert Decimal(data["amount"]) == Decimal(amount)
+    assert data["amount"] == str(Decimal(amount))  # kept with its written scale
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [("1234567890123456789", "1234567890123456789"),  # 19 digits before the point
+     (1234567890123456789, "1234567890123456789"),
+     ("1000000000000000000.5", "1000000000000000000.5"),
+     ("123456789012345678901234567890", "123456789012345678901234567890"),  # 30 digits, all whole
+     ("1E+18", "1E+18"),
+     ("0.1234567890123", "0.1234567890123"),  # 13 after the point
+     ("1.5000000000000", "1.5000000000000"),  # 13 written places: the scale is kept and shown
+     ("0.0000000000001", "1E-13")],
+    ids=repr,
+)
+def test_amount_with_more_digits_is_rejected_saying_the_rule(amount: Any, shown: str) -> None:
+    reason = rejected(with_data("purchase", amount=amount)).reason
+    assert reason == f"data.amount: {MONEY_RULE} (got {shown})"
+
+
+def test_unit_price_follows_the_same_rule() -> None:
+    items = [{"sku": "sku-1", "quantity": 1, "unit_price": "1234567890123456789"}]
+    reason = rejected(with_data("purchase", items=items)).reason
+    assert reason == f"data.items.0.unit_price: {MONEY_RULE} (got 1234567890123456789)"
+    items[0]["unit_price"] = "123456789012345678.123456789012"
+    assert parse(with_data("purchase", items=items)).data["items"][0]["unit_price"] == "123456789012345678.123456789012"
+
+
+def test_negative_amount_is_still_rejected_as_negative() -> None:
+    assert rejected(with_data("purchase", amount="-1E+5000")).reason.startswith(
+        "data.amount: Input should be greater than or equal to 0")
+
+
+# --- canonical form of amounts: str(Decimal), unchanged (duplicate fingerprints depend on it) -----
+
+
+@pytest.mark.parametrize(
+    ("sent", "canonical"),
+    [('"0.000000000001"', "1E-12"), ('"1E-12"', "1E-12"), ("1e-12", "1E-12"), ("0.000000000001", "1E-12"),
+     ('"1E+3"', "1E+3"), ('"1000"', "1000"), ('"0.0000001"', "1E-7"), ('"0.000001"', "0.000001"), ('"120.00"', "120.00")],
+)
+def test_canonical_amount_is_pythons_decimal_text(sent: str, canonical: str) -> None:
+    """Not plain notation for very small amounts or positive exponents: this is what the stored
+    events and their fingerprints hold, so it must not change; display uses rules.format_money."""
+    assert parse_envelope(raw_with(with_data("purchase", amount="LITERAL"), sent)).canonical()["data"]["amount"] == canonical
+
+
+def test_the_same_small_amount_written_plainly_or_with_an_exponent_is_a_duplicate() -> None:
+    plain = parse_envelope(raw_with(with_data("purchase", amount="LITERAL"), '"0.000000000001"'))
+    exponent = parse_envelope(raw_with(with_data("purchase", amount="LITERAL"), "1e-12"))
+    assert plain.fingerprint() == exponent.fingerprint()

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from domain.lifecycle import LifecycleFact, LifecycleState, LifecycleThresholds, Stage, lifecycle_at
-from domain.rules import average_order_value, nps_category, preferred_channel
+from domain.rules import average_order_value, format_money, nps_category, preferred_channel
 
 T0 = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)
 DEFAULT = LifecycleThresholds()
@@ -400,3 +400,69 @@ def test_preferred_channel_with_neither_is_none() -> None:
 def test_average_order_value_keeps_the_revenue_decimal_places(revenue: str, orders: int, average: str) -> None:
     result = average_order_value(Decimal(revenue), orders)
     assert str(result) == average
+
+
+@pytest.mark.parametrize(
+    ("revenue", "orders", "shown"),
+    [
+        ("1E-12", 1, "0.000000000001"),
+        ("0.000000000003", 2, "0.000000000002"),  # 1.5E-12, half-even to 2E-12
+        ("5E-12", 2, "0.000000000002"),  # 2.5E-12, half-even to 2E-12
+        ("1E+3", 3, "333"),  # a revenue with a positive exponent has no decimal places
+        ("1.2E+2", 7, "17"),
+        ("0E-12", 4, "0.000000000000"),
+        ("-0.00", 1, "0.00"),
+        ("120.00", 2, "60.00"),
+        ("999999999999999999.999999999999", 3, "333333333333333333.333333333333"),
+    ],
+)
+def test_average_order_value_shown_with_format_money_is_plain(revenue: str, orders: int, shown: str) -> None:
+    assert format_money(average_order_value(Decimal(revenue), orders)) == shown
+
+
+# --- format_money -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        ("1E-12", "0.000000000001"),
+        ("0.000000000001", "0.000000000001"),
+        ("1.20", "1.20"),
+        ("120.00", "120.00"),
+        ("1E+3", "1000"),
+        ("1.5E+2", "150"),
+        ("0E-12", "0.000000000000"),
+        ("0", "0"),
+        ("-0", "0"),
+        ("-0.00", "0.00"),
+        ("-0E-12", "0.000000000000"),
+        ("0E+3", "0"),
+        ("-0E+3", "0"),
+        ("1E-7", "0.0000001"),
+        ("123456789012345678.123456789012", "123456789012345678.123456789012"),
+        ("1E+17", "100000000000000000"),
+        ("-1.5", "-1.5"),
+        ("12.3450", "12.3450"),
+    ],
+)
+def test_format_money_is_plain_decimal_notation_keeping_the_scale(amount: str, shown: str) -> None:
+    assert format_money(Decimal(amount)) == shown
+
+
+def test_format_money_never_rounds() -> None:
+    digits = "9" * 40 + "." + "9" * 40  # beyond any context precision
+    assert format_money(Decimal(digits)) == digits
+
+
+@pytest.mark.parametrize("amount", ["NaN", "Infinity", "-Infinity", "sNaN"])
+def test_format_money_rejects_what_is_not_an_amount(amount: str) -> None:
+    with pytest.raises(ValueError):
+        format_money(Decimal(amount))
+
+
+# --- preferred_channel at the very same instant --------------------------------------------------
+
+
+def test_preferred_channel_tie_at_the_same_instant_goes_to_email() -> None:
+    assert preferred_channel(2, day(4), 2, day(4)) == "email"
