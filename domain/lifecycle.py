@@ -10,7 +10,7 @@ history runs into the future: its last interval is open (`until` is None).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -214,7 +214,7 @@ class LifecycleFold:
 
     def history(self) -> list[StageInterval]:
         """Every interval, oldest first, including those the passing of time will bring."""
-        ahead = LifecycleFold(self.thresholds, _Summary(**asdict(self.summary)), self.last_key, list(self.changes),
+        ahead = LifecycleFold(self.thresholds, replace(self.summary), self.last_key, list(self.changes),
                               self.first_seq)
         ahead._time_passes(until=None)
         return ahead.changes
@@ -224,7 +224,7 @@ class LifecycleFold:
         """The fold as JSON-ready values (times as ISO 8601 strings), with only its last change."""
         return {
             "first_seq": self.first_seq + max(len(self.changes) - 1, 0),
-            "summary": {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self.summary).items()},
+            "summary": {k: v.isoformat() if isinstance(v, datetime) else v for k, v in vars(self.summary).items()},
             "last_key": [self.last_key[0].isoformat(), self.last_key[1]] if self.last_key else None,
             "changes": [
                 [c.stage.value, c.since.isoformat(), c.until.isoformat() if c.until else None, c.reason, c.event_id,

@@ -62,7 +62,6 @@ CUSTOMERS = Table(
         summed("nps_responses"),
     ),
     primary_key=("customer_id",),
-    indexes=("(first_seen_at)",),
     doc="Single view of the customer: one row per customer key (read model customer_360).",
 )
 REVENUE = Table(

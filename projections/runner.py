@@ -18,6 +18,7 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +186,8 @@ class Projector:
     def __post_init__(self) -> None:
         self._select(self.models)
         self.stale: dict[str, tuple[int, int]] = {}
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-reader")
+        self._ahead: tuple[int, Future[list[tuple[Notification, Any]]]] | None = None
 
     def _select(self, models: Sequence[ReadModel]) -> None:
         self.models = list(models)
@@ -237,7 +240,7 @@ class Projector:
     def run_once(self) -> int:
         """Apply the next page, if any, in one transaction; the number of notifications read."""
         start = min(self.positions().values(), default=0)
-        page = self._read_page(start)
+        page = self._next_page(start)
         if not page:
             return 0
         with self.store.datastore.transaction(commit=True) as curs:
@@ -265,6 +268,15 @@ class Projector:
                 break
             self._apply_page(curs, page, at, start)
             at = positions(curs, self.names)
+
+    def _next_page(self, start: int) -> list[tuple[Notification, Any]]:
+        """The page after `start`. While it is applied, the page after it is read and decoded on
+        another thread (PostgreSQL works on one while Python works on the other)."""
+        ahead, self._ahead = self._ahead, None
+        page = ahead[1].result() if ahead is not None and ahead[0] == start else self._read_page(start)
+        if len(page) == self.page_size:
+            self._ahead = (page[-1][0].id, self._reader.submit(self._read_page, page[-1][0].id))
+        return page
 
     def _read_page(self, start: int, stop: int | None = None) -> list[tuple[Notification, Any]]:
         notifications = self.source.select_notifications(start=start, limit=self.page_size, stop=stop,
