@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from consumers.ingest import IngestConsumer, kafka_producer
 from domain.customer import customer_id_for
+from eventstore import tables
 from eventstore.store import InteractionLog
 from services.settings import Settings
 
@@ -124,7 +125,7 @@ def stored_event_ids(store: InteractionLog, customer_ids: list[str]) -> list[str
     """event_id of every interaction stored for these customers, duplicates included."""
     with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
         rows = conn.execute(
-            "SELECT convert_from(state, 'UTF8')::json->>'event_id' AS event_id FROM rapport_events "
+            "SELECT convert_from(state, 'UTF8')::json->>'event_id' AS event_id FROM " + tables.EVENTS + " "
             "WHERE originator_id = ANY(%s) AND originator_version > 1",
             ([customer_id_for(c) for c in customer_ids],),
         ).fetchall()

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 
+from domain.contract import EVENT_TYPES
+
 __all__ = ["DemoMessage", "DemoDataSet", "generate_demo_data"]
 
 DAY = 86_400
 HOUR = 3_600
 CALL, EMAIL, PURCHASE, SURVEY = 0, 1, 2, 3
-TYPE_NAMES = ("call", "email", "purchase", "survey_response")
+TYPE_NAMES = EVENT_TYPES
 FORCE_PROMOTER = 1
 INVALID_FLAG = 100
 _EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001 - naive on purpose: compared with naive local times only

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from domain.contract import EVENT_TYPES
 from eventstore import tables
 from eventstore.store import InteractionLog
 from projections import customer_360, lifecycle, timeline
@@ -130,7 +131,7 @@ def test_projector_killed_mid_stream_loses_nothing_and_doubles_nothing(settings:
     finally:
         second.kill()
 
-    counts = ", ".join(f"c.{customer_360.count_column(t)}" for t in ("call", "email", "purchase", "survey_response"))
+    counts = ", ".join(f"c.{customer_360.count_column(t)}" for t in EVENT_TYPES)
     with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
         rows = conn.execute(
             f"SELECT c.customer_id, {counts}, COALESCE(r.revenue, 0) AS revenue FROM {customer_360.CUSTOMERS.name} c "

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from domain.customer import customer_id_for
+from eventstore import tables
 from eventstore.store import InteractionLog
 from services.bootstrap import ingest_consumer, interaction_log
 from services.settings import Settings
@@ -115,7 +116,7 @@ def test_every_kind_of_invalid_message_is_dead_lettered_with_its_reason(settings
         offsets.add((headers["rapport-source-partition"], headers["rapport-source-offset"]))
     assert len(offsets) == len(INVALID_MESSAGES)  # each names its own source offset
     with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
-        kept = conn.execute("SELECT count(*) AS n FROM rapport_dead_letters WHERE source_topic = %s",
+        kept = conn.execute(f"SELECT count(*) AS n FROM {tables.DEAD_LETTERS} WHERE source_topic = %s",
                             (settings.topic,)).fetchone()
     assert kept["n"] == len(INVALID_MESSAGES)
 

@@ -13,6 +13,7 @@ from kafka.admin import KafkaAdminClient
 from consumers.ingest import MissingOffsets
 from domain.contract import MAX_REASON_CHARS
 from domain.customer import customer_id_for
+from eventstore import tables
 from eventstore.store import InteractionLog
 from services.bootstrap import ingest_consumer, interaction_log
 from services.settings import Settings
@@ -114,7 +115,7 @@ def test_huge_numbers_are_dead_lettered_for_what_they_are_or_kept(settings: Sett
     assert sorted(stored_event_ids(store, [customer])) == sorted(accepted)
     with store.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
         rows = conn.execute(
-            "SELECT convert_from(state, 'UTF8')::json AS state FROM rapport_events "
+            f"SELECT convert_from(state, 'UTF8')::json AS state FROM {tables.EVENTS} "
             "WHERE originator_id = %s AND originator_version > 1",
             (customer_id_for(customer),),
         ).fetchall()
