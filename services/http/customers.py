@@ -43,12 +43,12 @@ def get_lifecycle(customer_id: CustomerId, res: Res) -> dict[str, Any]:
             f"SELECT stage, since, until, reason, event_id, previous_stage FROM {lifecycle.INTERVALS.name} "
             "WHERE customer_id = %s ORDER BY seq", (customer_id,),
         ).fetchall()
-    history = [interval_of(row) for row in rows]
-    past = [i for i in history if i.starts_by(now)]
-    if not past:
+    if not rows:
         raise not_found(customer_id)
-    items = [interval_json(i) for i in past]
-    items[-1]["until"] = None  # the current stage: what comes next is not known yet
+    # Up to now: a customer whose events all lie ahead has no history yet (as its view has no stage).
+    items = [interval_json(i) for i in map(interval_of, rows) if i.starts_by(now)]
+    if items:
+        items[-1]["until"] = None  # the current stage: what comes next is not known yet
     return {"customer_id": customer_id, "items": items}
 
 
