@@ -356,7 +356,7 @@ def validate_envelope(obj: object) -> Envelope:
         problems.extend(_errors(exc))
     event_type, data = obj.get("type"), obj.get("data")
     typed: _Open | None = None
-    if event_type in DATA_MODELS and isinstance(data, dict):
+    if isinstance(event_type, str) and event_type in DATA_MODELS and isinstance(data, dict):
         try:
             typed = DATA_MODELS[event_type].model_validate(data)
         except ValidationError as exc:

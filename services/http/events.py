@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,6 +14,8 @@ from domain.contract import MAX_MESSAGE_BYTES, InvalidEvent, decode_json, valida
 from services.http.resources import Resources
 
 MAX_EVENTS_PER_REQUEST = 1000
+
+log = logging.getLogger("rapport.api")
 
 router = APIRouter(tags=["events in"])
 
@@ -84,12 +87,21 @@ def split_events_body(body: bytes) -> tuple[list[tuple[bytes, Any]], list[dict[s
     for index, (raw, obj) in enumerate(raw_items):
         encoded = raw.encode()
         event_id = obj.get("event_id") if isinstance(obj, dict) and isinstance(obj.get("event_id"), str) else None
+        if event_id is not None:  # echoed as written: a lone surrogate escape (\ud800) is not UTF-8 text
+            event_id = event_id.encode("utf-8", "backslashreplace").decode()
         try:
             if len(encoded) > MAX_MESSAGE_BYTES:
                 raise InvalidEvent(f"event is {len(encoded)} bytes; the limit is {MAX_MESSAGE_BYTES} (1 MiB)")
             envelope = validate_envelope(obj)
         except InvalidEvent as invalid:
             errors.append({"index": index, "event_id": event_id, "reason": invalid.reason})
+            continue
+        except Exception as error:  # a bug of ours: reject the event, as ingest dead-letters it, not a 500
+            log.exception("POST /events: validating item %d failed unexpectedly", index)
+            reason = (f"could not be validated ({type(error).__name__}: {error}); report this to Rapport's "
+                      "maintainers with the event")
+            errors.append({"index": index, "event_id": event_id,
+                           "reason": reason.encode("utf-8", "backslashreplace").decode()})
             continue
         items.append((encoded, envelope))
     return items, errors

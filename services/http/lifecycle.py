@@ -40,7 +40,7 @@ def get_flow(
     to: Annotated[str | None, Query(description="end, exclusive; default now")] = None,
 ) -> dict[str, Any]:
     end = params.instant("to", to)
-    start = params.instant("from", from_, default=end - timedelta(days=DEFAULT_FLOW_DAYS))
+    start = params.instant("from", from_, default=params.before(end, timedelta(days=DEFAULT_FLOW_DAYS)))
     if start >= end:
         raise params.bad("from", f"must be before `to` ({params.rfc3339(start)} is not before {params.rfc3339(end)})")
     with res.pool.connection() as conn:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, date, datetime, time
-from typing import Any
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, TypeVar
 
 from fastapi import HTTPException
 
 from domain.contract import parse_occurred_at, utc_now
+
+When = TypeVar("When", date, datetime)
 
 
 def bad(parameter: str, message: str) -> HTTPException:
@@ -44,6 +46,15 @@ def day(parameter: str, value: str | None, default: date) -> date:
         raise bad(parameter, f"{value!r} is not a whole day: satisfaction is counted by UTC day, so give a date "
                              "(2026-03-01) or midnight UTC (2026-03-01T00:00:00Z)")
     return moment.date()
+
+
+def before(moment: When, span: timedelta) -> When:
+    """`moment - span` (a default start computed from the end of a window), or the first instant
+    there is when that falls before the year 1 (a client may well ask about `to=0001-01-01`)."""
+    try:
+        return moment - span
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC) if isinstance(moment, datetime) else date.min
 
 
 def encode_cursor(*values: Any) -> str:

@@ -46,7 +46,7 @@ def get_trend(
     channel: Annotated[Channel | None, Query(description="only answers about this channel; default all")] = None,
 ) -> dict[str, Any]:
     end = params.day("to", to, default=utc_now().date() + timedelta(days=1))
-    start = params.day("from", from_, default=end - timedelta(days=365))
+    start = params.day("from", from_, default=params.before(end, timedelta(days=365)))
     if start >= end:
         raise params.bad("from", f"must be before `to` ({start} is not before {end})")
     where = "kind = %s AND day >= %s AND day < %s" + (" AND channel = %s" if channel else "")

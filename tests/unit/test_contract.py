@@ -1025,3 +1025,12 @@ def test_the_same_small_amount_written_plainly_or_with_an_exponent_is_a_duplicat
     plain = parse_envelope(raw_with(with_data("purchase", amount="LITERAL"), '"0.000000000001"'))
     exponent = parse_envelope(raw_with(with_data("purchase", amount="LITERAL"), "1e-12"))
     assert plain.fingerprint() == exponent.fingerprint()
+
+
+@pytest.mark.parametrize("bad_type", [{}, [], ["call"], None, 7])
+def test_a_type_that_is_not_text_is_rejected_with_a_reason(bad_type: object) -> None:
+    message = example("call")
+    message["type"] = bad_type
+    with pytest.raises(InvalidEvent) as caught:
+        validate_envelope(message)
+    assert caught.value.reason.startswith("type:")
