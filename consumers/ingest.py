@@ -8,6 +8,13 @@ re-reads the batch; a crash after it resumes right after it.
 Dead letters: at-least-once to `interactions.dlq` (published before the commit, so a crash
 in between publishes them again; headers name the source partition and offset, which
 identify such repeats), and exactly-once into the `rapport_dead_letters` table.
+Counters (stored, duplicates, dead-lettered, batches per partition): in the same transaction,
+so they are exact too.
+
+PostgreSQL going away (a restart, a cut connection) anywhere in a batch stores nothing of it:
+ingest forgets its cached customers, backs off (capped exponential), seeks back to the stored
+positions and tries again; after about 5 minutes without a stored batch it gives up (the error
+ends the process with exit code 1, for a supervisor to restart it).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +35,22 @@ from kafka.errors import OffsetOutOfRangeError
 
 from domain.contract import Envelope, InvalidEvent, parse_envelope
 from domain.customer import Customer, customer_id_for
-from eventstore.store import DeadLetterRow, EventIdRow, InteractionLog, kafka_position_name
+from eventstore.store import (
+    DATABASE_UNAVAILABLE,
+    DeadLetterRow,
+    EventIdRow,
+    InteractionLog,
+    PartitionCounts,
+    kafka_position_name,
+)
 
 log = logging.getLogger("rapport.ingest")
 
 ERROR_HEADER = "rapport-error"
 MAX_RETRIES_IN_A_ROW = 10  # rebalances settle within a few; more means a persistent conflict
+GIVE_UP_AFTER_SECONDS = 300.0  # PostgreSQL away this long: stop and let a supervisor decide
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
 
 
 @dataclass
@@ -45,6 +63,7 @@ class IngestStats:
     dead_lettered: int = 0
     batches: int = 0
     retried_batches: int = 0
+    database_failures: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -63,6 +82,10 @@ def dead_letter_headers(record: Any, reason: str) -> list[tuple[str, bytes]]:
         ("rapport-source-partition", str(record.partition).encode()),
         ("rapport-source-offset", str(record.offset).encode()),
     ]
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL stayed away for longer than ingest waits; nothing of the last batch was stored."""
 
 
 class MissingOffsets(RuntimeError):
@@ -110,6 +133,7 @@ class IngestConsumer:
         poll_timeout_ms: int = 500,
         max_poll_records: int = 5000,
         log_every_seconds: float = 10.0,
+        give_up_after_seconds: float = GIVE_UP_AFTER_SECONDS,
     ) -> None:
         self.store = store
         self.consumer = consumer
@@ -119,8 +143,16 @@ class IngestConsumer:
         self.max_poll_records = max_poll_records
         self.log_every_seconds = log_every_seconds
         self.stats = IngestStats()
+        self.give_up_after_seconds = give_up_after_seconds
         self._logged = IngestStats()
         self._conflicts_in_a_row = 0
+        self._database_failures_in_a_row = 0
+        self._unavailable_since: float | None = None
+        # Partitions whose position must be read from the event store before they are read
+        # again (after a failed batch, or an assignment while PostgreSQL was away). They are
+        # paused meanwhile, so no message of theirs is fetched or returned.
+        self._unpositioned: set[TopicPartition] = set()
+        self._stop = threading.Event()  # `run` passes its own: a SIGTERM cuts a back-off short
 
     # -- positions -----------------------------------------------------------------------
     def seek_to_stored_positions(self, partitions: Iterable[TopicPartition]) -> None:
@@ -133,24 +165,59 @@ class IngestConsumer:
             else:
                 self.consumer.seek_to_beginning(tp)
         if partitions:
-            log.info("assigned %s; resuming at %s", sorted(tp.partition for tp in partitions),
-                     {p: o + 1 for p, o in sorted(stored.items())} or "the beginning")
+            log.info("partitions %s: reading from the stored positions %s", sorted(tp.partition for tp in partitions),
+                     {p: o + 1 for p, o in sorted(stored.items())} or "(none yet: from the beginning)")
+
+    def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        # No database access here: kafka-python runs the listener on its network thread, which
+        # sends no heartbeats meanwhile, and PostgreSQL may be away. The partitions are held, and
+        # `poll_once` seeks them to their stored positions before it reads them.
+        self._hold([tp for tp in assigned if tp.topic == self.topic])
+
+    def _hold(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop reading these partitions until `_seek_unpositioned` has put them at their stored positions."""
+        assigned = self.consumer.assignment()
+        partitions = [tp for tp in partitions if tp in assigned]
+        if not partitions:
+            return
+        self.consumer.pause(*partitions)
+        # A paused partition still needs a position, or the next poll fails for one just assigned
+        # (auto_offset_reset is "none"); any will do: nothing is fetched before the real seek,
+        # and records fetched earlier are dropped by kafka-python when that seek moves the position.
+        self.consumer.seek_to_beginning(*partitions)
+        self._unpositioned.update(partitions)
+
+    def _seek_unpositioned(self) -> None:
+        assigned = self.consumer.assignment()
+        partitions = [tp for tp in self._unpositioned if tp in assigned]
+        self.seek_to_stored_positions(partitions)  # may raise: they stay held
+        if partitions:
+            self.consumer.resume(*partitions)
+        self._unpositioned.clear()
 
     def subscribe(self) -> None:
         ingest = self
 
         class SeekOnAssign(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
-                pass  # nothing in flight: every batch is committed before the next poll
+                # nothing in flight: every batch is committed before the next poll
+                ingest._unpositioned.difference_update(revoked)
 
             def on_partitions_assigned(self, assigned: Any) -> None:
-                ingest.seek_to_stored_positions(assigned)
+                ingest._on_assigned(assigned)
 
         self.consumer.subscribe([self.topic], listener=SeekOnAssign())
+        # Have the subscribed topic's metadata before the first poll joins the group. Otherwise the
+        # leader assigns from empty metadata, joins again once the metadata arrives, and
+        # kafka-python 3.0.12 can lose that second join when a poll's timeout ends just as it
+        # completes: the member then gets no partitions and sends no heartbeats, for ever (seen
+        # in tests under load). `topics()` always asks the broker and waits for the answer.
+        self.consumer.topics()
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Poll and store until `stop` is set (SIGTERM sets it); then close cleanly."""
+        self._stop = stop
         self.subscribe()
         try:
             while not stop.is_set():
@@ -166,37 +233,78 @@ class IngestConsumer:
         self.dead_letters.producer.close(timeout=10)
 
     def poll_once(self) -> int:
+        """Read one batch and store it; the number of messages read (0 if none, or if held back)."""
+        records: list[Any] = []
         try:
-            batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
-        except OffsetOutOfRangeError as error:
-            raise MissingOffsets(self.topic, error) from None
-        records = [record for tp in sorted(batch, key=lambda tp: tp.partition) for record in batch[tp]]
-        if not records:
-            return 0
-        try:
-            self.process(records)
+            if self._unpositioned:
+                self._seek_unpositioned()
+            try:
+                batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+            except OffsetOutOfRangeError as error:
+                raise MissingOffsets(self.topic, error) from None
+            records = [record for tp in sorted(batch, key=lambda tp: tp.partition) for record in batch[tp]]
+            if records:
+                self.process(records)
         except IntegrityError as error:
             # Another member wrote these offsets or customers (a rebalance, a stale cache):
             # nothing of this batch was stored; forget cached state and re-read from the store.
             self.stats.retried_batches += 1
             self._conflicts_in_a_row += 1
             if self._conflicts_in_a_row > MAX_RETRIES_IN_A_ROW:
+                self.store.forget_cached_customers()
                 raise RuntimeError(
                     f"the same batch failed to store {MAX_RETRIES_IN_A_ROW} times in a row ({error}); "
                     "stopping instead of retrying for ever"
                 ) from error
             log.warning("batch not stored (%s); re-reading from the stored positions", error)
-            self.store.forget_cached_customers()
-            time.sleep(min(0.1 * 2 ** self._conflicts_in_a_row, 10.0))  # don't spin if it persists
-            self.seek_to_stored_positions(self.consumer.assignment())
+            self._retry_later(min(0.1 * 2 ** self._conflicts_in_a_row, 10.0))  # don't spin if it persists
+            return len(records)
+        except DATABASE_UNAVAILABLE as error:
+            self._database_unavailable(error)
+            return len(records)
         except BaseException:
             # Cached aggregates may hold events that were never stored: a later save would leave
             # a gap in their streams. Forget them; the error ends the process.
             self.store.forget_cached_customers()
             raise
-        else:
+        if records:
             self._conflicts_in_a_row = 0
+        if self._unavailable_since is not None:
+            log.info("PostgreSQL answers again after %.1f s; continuing from the stored positions",
+                     time.monotonic() - self._unavailable_since)
+        self._database_failures_in_a_row = 0
+        self._unavailable_since = None
         return len(records)
+
+    def _retry_later(self, delay: float) -> None:
+        """Nothing of the batch was stored: forget what may be stale, wait, and read again from
+        the stored positions (the partitions are held until then)."""
+        # Cached aggregates hold the failed batch's events (applied in memory, never stored).
+        self.store.forget_cached_customers()
+        self._hold(self.consumer.assignment())
+        self._stop.wait(delay)
+
+    def _database_unavailable(self, error: BaseException) -> None:
+        now = time.monotonic()
+        if self._unavailable_since is None:
+            self._unavailable_since = now
+        self._database_failures_in_a_row += 1
+        self.stats.database_failures += 1
+        away = now - self._unavailable_since
+        if away >= self.give_up_after_seconds:
+            self.store.forget_cached_customers()
+            log.error("PostgreSQL has been unavailable for %.0f s (%d attempts; last: %s); stopping",
+                      away, self._database_failures_in_a_row, _one_line(error))
+            raise DatabaseUnavailable(
+                f"PostgreSQL has been unavailable for {away:.0f} s ({_one_line(error)}); nothing of the last "
+                "batch was stored; restart ingest once the database answers (it resumes at the stored positions)"
+            ) from error
+        delay = min(FIRST_BACKOFF_SECONDS * 2 ** (self._database_failures_in_a_row - 1), MAX_BACKOFF_SECONDS)
+        delay = min(delay, max(self.give_up_after_seconds - away, 0.0))
+        log.warning("PostgreSQL unavailable (%s); nothing of the batch was stored; retrying from the stored "
+                    "positions in %.1f s (attempt %d, giving up after %.0f s)", _one_line(error), delay,
+                    self._database_failures_in_a_row, self.give_up_after_seconds)
+        self._retry_later(delay)
 
     def process(self, records: Sequence[Any]) -> None:
         """Validate, deduplicate, apply to customers, dead-letter, then store all in one transaction."""
@@ -220,6 +328,7 @@ class IngestConsumer:
 
         accepted, duplicates, conflicts = self._deduplicate(candidates)
         rejected += conflicts
+        counts = self._partition_counts(records, accepted, duplicates, rejected)
 
         customers = self._apply(accepted)
         if rejected:
@@ -238,24 +347,36 @@ class IngestConsumer:
             dead_letters=[
                 DeadLetterRow(r.topic, r.partition, r.offset, reason, r.key, r.value or b"") for r, reason in rejected
             ],
+            counters=counts,
         )
         self.stats.messages += len(records)
         self.stats.stored += len(accepted)
-        self.stats.duplicates += duplicates
+        self.stats.duplicates += len(duplicates)
         self.stats.dead_lettered += len(rejected)
         self.stats.batches += 1
 
+    @staticmethod
+    def _partition_counts(records: Sequence[Any], accepted: Sequence[_Accepted], duplicates: Sequence[Any],
+                          rejected: Sequence[tuple[Any, str]]) -> list[PartitionCounts]:
+        """Per partition of the batch: events stored, duplicates ignored, messages dead-lettered."""
+        stored = Counter((a.record.topic, a.record.partition) for a in accepted)
+        duplicated = Counter((r.topic, r.partition) for r in duplicates)
+        dead = Counter((r.topic, r.partition) for r, _ in rejected)
+        partitions = sorted({(r.topic, r.partition) for r in records})
+        return [PartitionCounts(topic, partition, stored[topic, partition], duplicated[topic, partition],
+                                dead[topic, partition]) for topic, partition in partitions]
+
     def _deduplicate(
         self, candidates: list[_Accepted]
-    ) -> tuple[list[_Accepted], int, list[tuple[Any, str]]]:
-        """Split into new events, ignored duplicates and conflicting re-uses of an `event_id`."""
+    ) -> tuple[list[_Accepted], list[Any], list[tuple[Any, str]]]:
+        """Split into new events, ignored duplicates (their records) and conflicting re-uses of an `event_id`."""
         known = self.store.interactions.known_event_ids(c.envelope.event_id for c in candidates)
         first_seen: dict[str, tuple[str, str]] = {
             event_id: (row.fingerprint, f"{row.topic}/{row.partition}@{row.offset}") for event_id, row in known.items()
         }
         accepted: list[_Accepted] = []
         conflicts: list[tuple[Any, str]] = []
-        duplicates = 0
+        duplicates: list[Any] = []
         for candidate in candidates:
             event_id = candidate.envelope.event_id
             prior = first_seen.get(event_id)
@@ -266,7 +387,7 @@ class IngestConsumer:
                 )
                 accepted.append(candidate)
             elif prior[0] == candidate.fingerprint:
-                duplicates += 1
+                duplicates.append(candidate.record)
             else:
                 conflicts.append((
                     candidate.record,
@@ -308,10 +429,16 @@ class IngestConsumer:
 
     def _log_totals(self) -> None:
         log.info(
-            "stopping: %d messages, %d events stored, %d duplicates ignored, %d dead-lettered, %d batches retried",
+            "stopping: %d messages, %d events stored, %d duplicates ignored, %d dead-lettered, %d batches retried, "
+            "%d database failures",
             self.stats.messages, self.stats.stored, self.stats.duplicates, self.stats.dead_lettered,
-            self.stats.retried_batches,
+            self.stats.retried_batches, self.stats.database_failures,
         )
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text}"[:500]
 
 
 def kafka_consumer(servers: list[str], group_id: str, max_poll_records: int, **overrides: Any) -> KafkaConsumer:

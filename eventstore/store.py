@@ -2,8 +2,8 @@
 
 One `insert_events` call writes, in ONE transaction: the new domain events, the consumed
 offset of every Kafka partition in the batch (eventsourcing tracking records, one per
-partition), the `event_id` index used to recognise duplicates, and the dead letters.
-A crash at any instant leaves either all of it or none of it.
+partition), the `event_id` index used to recognise duplicates, the dead letters and the
+ingest counters of each partition. A crash at any instant leaves either all of it or none of it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import Application, Cache, LRUCache
-from eventsourcing.persistence import StoredEvent, Tracking
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from psycopg.sql import SQL, Identifier
 
@@ -34,6 +35,29 @@ class EventIdRow:
     offset: int
 
 
+# The database is away (restarting, unreachable, the connection was cut, a lock or statement
+# timed out): nothing of the transaction was stored, and the same work may succeed later.
+# eventsourcing wraps psycopg's errors in its own classes; a few paths raise psycopg's directly
+# (psycopg_pool's PoolTimeout is a psycopg OperationalError).
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError,
+)
+
+INGEST_COUNTER_NAMES = ("stored", "duplicates", "dead_lettered", "batches")
+
+
+@dataclass(frozen=True)
+class PartitionCounts:
+    """What one batch did with the messages of one Kafka partition: added to its counters row."""
+
+    topic: str
+    partition: int
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 1
+
+
 @dataclass(frozen=True)
 class DeadLetterRow:
     topic: str
@@ -50,13 +74,14 @@ def kafka_position_name(topic: str, partition: int) -> str:
 
 
 class InteractionRecorder(PostgresProcessRecorder):
-    """Adds Kafka positions, the `event_id` index and dead letters to the events' transaction."""
+    """Adds Kafka positions, the `event_id` index, dead letters and ingest counters to the events' transaction."""
 
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         schema = Identifier(self.datastore.schema)
         self.event_ids_table = SQL("{}.{}").format(schema, Identifier(tables.EVENT_IDS))
         self.dead_letters_table = SQL("{}.{}").format(schema, Identifier(tables.DEAD_LETTERS))
+        self.ingest_counters_table = SQL("{}.{}").format(schema, Identifier(tables.INGEST_COUNTERS))
         self.sql_create_statements += [
             SQL(
                 "CREATE TABLE IF NOT EXISTS {} ("
@@ -71,6 +96,15 @@ class InteractionRecorder(PostgresProcessRecorder):
                 "recorded_at timestamptz NOT NULL DEFAULT now(), "
                 "PRIMARY KEY (source_topic, source_partition, source_offset))"
             ).format(self.dead_letters_table),
+            # One row per Kafka partition, updated in the batch's transaction: exact across crashes
+            # and retries (a batch that is not stored counts nothing).
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                "topic text NOT NULL, partition int NOT NULL, stored bigint NOT NULL DEFAULT 0, "
+                "duplicates bigint NOT NULL DEFAULT 0, dead_lettered bigint NOT NULL DEFAULT 0, "
+                "batches bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (topic, partition))"
+            ).format(self.ingest_counters_table),
         ]
 
     def _insert_events(
@@ -81,6 +115,7 @@ class InteractionRecorder(PostgresProcessRecorder):
         positions: Sequence[Tracking] = (),
         event_ids: Sequence[EventIdRow] = (),
         dead_letters: Sequence[DeadLetterRow] = (),
+        counters: Sequence[PartitionCounts] = (),
         **kwargs: Any,
     ) -> None:
         # Each tracking upsert raises IntegrityError unless its offset moves forward, so a
@@ -112,7 +147,44 @@ class InteractionRecorder(PostgresProcessRecorder):
                 ).format(self.dead_letters_table),
                 [(d.topic, d.partition, d.offset, d.reason, d.key, d.value) for d in dead_letters],
             )
+        if counters:
+            # Sorted, so that two transactions never take the same rows' locks in opposite orders.
+            ordered = sorted(counters, key=lambda c: (c.topic, c.partition))
+            curs.execute(
+                SQL(
+                    "INSERT INTO {} AS c (topic, partition, stored, duplicates, dead_lettered, batches) "
+                    "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[], %s::bigint[], "
+                    "%s::bigint[]) ON CONFLICT (topic, partition) DO UPDATE SET "
+                    "stored = c.stored + EXCLUDED.stored, duplicates = c.duplicates + EXCLUDED.duplicates, "
+                    "dead_lettered = c.dead_lettered + EXCLUDED.dead_lettered, "
+                    "batches = c.batches + EXCLUDED.batches, updated_at = now()"
+                ).format(self.ingest_counters_table),
+                (
+                    [c.topic for c in ordered], [c.partition for c in ordered], [c.stored for c in ordered],
+                    [c.duplicates for c in ordered], [c.dead_lettered for c in ordered],
+                    [c.batches for c in ordered],
+                ),
+            )
         super()._insert_events(curs, stored_events, **kwargs)
+
+    def ingest_counters(self, topic: str | None = None) -> dict[str, int]:
+        """Totals of ingest's counters over every partition (of `topic`, or of all topics):
+        `stored` (new events), `duplicates` (ignored), `dead_lettered` (invalid or conflicting),
+        `batches` (stored transactions, counted once per partition they carried messages of).
+        stored + duplicates + dead_lettered is the number of messages consumed."""
+        where = SQL("WHERE topic = %s") if topic is not None else SQL("")
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "SELECT COALESCE(SUM(stored), 0) AS stored, COALESCE(SUM(duplicates), 0) AS duplicates, "
+                    "COALESCE(SUM(dead_lettered), 0) AS dead_lettered, COALESCE(SUM(batches), 0) AS batches "
+                    "FROM {} {}"
+                ).format(self.ingest_counters_table, where),
+                (topic,) if topic is not None else None,
+            )
+            row = curs.fetchone()
+        assert row is not None
+        return {name: int(row[name]) for name in INGEST_COUNTER_NAMES}
 
     def known_event_ids(self, event_ids: Iterable[str]) -> dict[str, EventIdRow]:
         """The index entries of those `event_id`s already recorded."""
@@ -236,6 +308,9 @@ def store_env(database: Mapping[str, str], cache_size: int) -> dict[str, str]:
         "POSTGRES_USER": database["user"],
         "POSTGRES_PASSWORD": database["password"],
         "POSTGRES_CONNECT_TIMEOUT": "10",
+        # Check a pooled connection before handing it out: after a PostgreSQL restart the pool
+        # still holds connections the server closed; without this the next batch meets one.
+        "POSTGRES_PRE_PING": "y",
         "POSTGRES_POOL_SIZE": "2",
         "POSTGRES_MAX_OVERFLOW": "4",
         "POSTGRES_LOCK_TIMEOUT": "30",

@@ -5,3 +5,8 @@ EVENTS = "rapport_events"  # eventsourcing's events table: the log, in notificat
 KAFKA_POSITIONS = "rapport_tracking"  # eventsourcing's tracking table: last offset per partition
 EVENT_IDS = "rapport_event_ids"  # event_id -> content fingerprint, for duplicates and conflicts
 DEAD_LETTERS = "rapport_dead_letters"  # every rejected message, once, with its reason
+INGEST_COUNTERS = "rapport_ingest_counters"  # per Kafka partition: stored, duplicates, dead-lettered, batches
+
+# The time eventsourcing recorded an event (its `timestamp`, set when ingest created it), read
+# from the stored JSON of a row of EVENTS.
+RECORDED_AT_SQL = "(convert_from(state, 'UTF8')::jsonb #>> '{timestamp,_data_}')::timestamptz"

@@ -144,10 +144,18 @@ def projector(settings: Settings, store: InteractionLog | None = None, only: lis
     return result
 
 
-def read_pool(settings: Settings, max_size: int = 8) -> ConnectionPool:
-    """Connections for queries of the read models (autocommit, dict rows)."""
+def read_pool(settings: Settings, max_size: int = 8, timeout: float = 0.5) -> ConnectionPool:
+    """Connections for queries of the read models (autocommit, dict rows).
+
+    Each connection is checked before it is handed out: a restarted PostgreSQL leaves closed ones
+    in the pool, which are replaced, so the API recovers by itself. A request waits at most
+    `timeout` seconds for a connection, then the API answers 503 with Retry-After
+    (services/http/errors.py) instead of holding it for the pool's default 30 s. A connection is
+    normally handed out at once; while the database is away the pool retries connecting after
+    1 s, 2 s, 4 s…, and requests in between are answered 503 promptly."""
     check_database(settings)
     return ConnectionPool(
-        conninfo(settings), min_size=1, max_size=max_size, open=True,
-        kwargs={"autocommit": True, "row_factory": dict_row},
+        conninfo(settings), min_size=1, max_size=max_size, open=True, timeout=timeout,
+        check=ConnectionPool.check_connection,
+        kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 5},
     )

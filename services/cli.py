@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -50,10 +51,19 @@ def cmd_projector(args: argparse.Namespace, settings: Settings) -> int:
     stop = _stop_on_signals()
     store = interaction_log(settings)  # keep a reference: closing the app closes the shared pool
     try:
-        projector(settings, store, only=args.only).run(stop)
+        runner = projector(settings, store, only=args.only)
+        tune_garbage_collector()
+        runner.run(stop)
     finally:
         store.close()
     return 0
+
+
+def tune_garbage_collector() -> None:
+    """Pages make many short-lived objects and few cycles: collect less often, and never scan the
+    objects made at start-up (modules, settings) again."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,9 +74,27 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
     ensure_schema(settings)  # also a clear message if PostgreSQL is not there
 
-    uvicorn.run(create_app(settings), host=args.host or settings.api_host, port=args.port or settings.api_port,
-                log_level=settings.log_level.lower())
-    return 0
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(settings), host=args.host or settings.api_host, port=args.port or settings.api_port,
+        log_level=settings.log_level.lower(),
+    ))
+
+    def stop(signum: int, _frame: object) -> None:
+        if not server.should_exit:
+            logging.getLogger("rapport.api").info("received %s; stopping", signal.Signals(signum).name)
+        server.should_exit = True
+
+    # uvicorn handles SIGTERM and SIGINT while it serves, and after its graceful shutdown raises
+    # the signal again with the handler it found installed: with Python's defaults that killed
+    # the process (exit -15) or raised KeyboardInterrupt. Installed first, `stop` is the handler
+    # uvicorn restores, so the repeated signal asks only for what is done, and the exit code is 0.
+    # A signal before uvicorn serves makes it stop as soon as it has started.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.run()
+    # Not started: the port was taken or start-up failed (uvicorn logged why); `uvicorn.run`
+    # exits 3 then too.
+    return 0 if server.started else 3
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

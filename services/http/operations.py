@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from eventstore import tables
 from projections.catalog import READ_MODELS
 from projections.runner import projection_status
 from services.http.resources import Res
@@ -56,6 +57,24 @@ class _Snapshot(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.res.pool.connection() as conn:
             status = projection_status(conn, list(READ_MODELS))
+            counters = conn.execute(
+                f"SELECT topic, sum(stored) AS stored, sum(duplicates) AS duplicates, "
+                f"sum(dead_lettered) AS dead_lettered, sum(batches) AS batches FROM {tables.INGEST_COUNTERS} "
+                "GROUP BY topic ORDER BY topic").fetchall()
+        ingest = {
+            "stored": CounterMetricFamily("rapport_ingest_events_stored", "New events stored by ingest",
+                                          labels=["topic"]),
+            "duplicates": CounterMetricFamily("rapport_ingest_duplicates", "Messages ignored as duplicates of a "
+                                              "stored event", labels=["topic"]),
+            "dead_lettered": CounterMetricFamily("rapport_ingest_dead_letters", "Messages dead-lettered (invalid "
+                                                 "or conflicting)", labels=["topic"]),
+            "batches": CounterMetricFamily("rapport_ingest_batches", "Batches stored, counted per partition they "
+                                           "carried messages of", labels=["topic"]),
+        }
+        for row in counters:
+            for field, family in ingest.items():
+                family.add_metric([row["topic"]], int(row[field]))
+        yield from ingest.values()
         gauges = {
             "position": GaugeMetricFamily("rapport_projection_position", "Last notification id applied",
                                           labels=["read_model"]),

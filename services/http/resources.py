@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Annotated, Any
@@ -12,6 +13,8 @@ from psycopg_pool import ConnectionPool
 from consumers.ingest import kafka_producer
 from services.bootstrap import ServiceUnavailable, check_kafka, ensure_schema, read_pool
 from services.settings import Settings
+
+log = logging.getLogger("rapport.api")
 
 
 class Resources:
@@ -24,6 +27,7 @@ class Resources:
         self._producer: Any = None
         self._kafka_checked: tuple[float, str] = (0.0, "")
         self._lock = threading.Lock()
+        self._checking_pool = False
 
     @property
     def producer(self) -> Any:
@@ -45,6 +49,25 @@ class Resources:
             status = f"unavailable: {str(error).splitlines()[0]}"
         self._kafka_checked = (time.monotonic(), status)
         return status
+
+    def check_connections_soon(self) -> None:
+        """After a database error: test every idle connection of the pool now, in the background.
+        A restarted server closed them all; each would otherwise be found broken by a request of its
+        own (the pool checks one per hand-out), and several requests in a row would answer 503."""
+        with self._lock:
+            if self._checking_pool:
+                return
+            self._checking_pool = True
+
+        def check() -> None:
+            try:
+                self.pool.check()
+            except Exception:  # noqa: BLE001 - the pool keeps trying on its own; nothing to add
+                log.debug("checking the read pool failed", exc_info=True)
+            finally:
+                self._checking_pool = False
+
+        threading.Thread(target=check, name="read-pool-check", daemon=True).start()
 
     def close(self) -> None:
         if self._producer is not None:
