@@ -3,6 +3,8 @@
 - PostgreSQL away (restarting, unreachable, the pool has no connection to give in time):
   503 with `Retry-After`, logged as one warning line; the read pool checks each connection
   before use, so the API recovers by itself once the database answers again.
+- A parameter FastAPI rejects (a limit out of range, an unknown `kind`): 422 whose `detail`
+  is a sentence naming each parameter and what to send, with FastAPI's list kept in `errors`.
 - Any other unexpected error: 500, logged with its traceback. Never Starlette's plain-text
   "Internal Server Error".
 """
@@ -15,6 +17,8 @@ from typing import Any
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -108,8 +112,29 @@ class JSONServerErrors:
             await response(scope, receive, send)
 
 
+async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = error.errors()
+    return JSONResponse(status_code=422, content={
+        "detail": "; ".join(_describe_problem(p) for p in problems) or "the request is not valid",
+        "errors": jsonable_encoder(problems),
+    })
+
+
+def _describe_problem(problem: dict[str, Any]) -> str:
+    """`limit: Input should be less than or equal to 500 (got 501)` — the parameter, then why."""
+    where = [str(part) for part in problem.get("loc", ()) if part not in ("query", "path", "body", "header")]
+    message = str(problem.get("msg", "is not valid")).removeprefix("Value error, ")
+    shown = ""
+    if "input" in problem and not isinstance(problem["input"], dict):
+        shown = repr(problem["input"])
+        shown = f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    return f"{'.'.join(where) or 'request'}: {message}{shown}"
+
+
 def install(app: FastAPI) -> None:
     """Register the API's exception handlers on `app`."""
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     for error_class in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error_class, _database_unavailable)
     app.add_middleware(JSONServerErrors)
