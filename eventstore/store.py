@@ -325,5 +325,8 @@ def store_env(database: Mapping[str, str], cache_size: int) -> dict[str, str]:
         # the library's insert skips `_insert_events` (positions, event_id index, dead letters).
         "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         "POSTGRES_SCHEMA": "",
+        # The library's JSON transcoder, decoding with orjson (eventstore/transcoder.py): the same
+        # events, decoded in about half the time by ingest, the projector and audits alike.
+        "TRANSCODER_TOPIC": "eventstore.transcoder:FastJSONTranscoder",
         "SINGLE_ROW_TRACKING": "y",
     }
