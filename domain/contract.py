@@ -489,8 +489,9 @@ def customer_key(customer: object) -> str | None:
     """The customer key of a `customer` object: its id, else email, else phone (contract §1)."""
     if isinstance(customer, dict):
         for field in ("id", "email", "phone"):
-            if isinstance(customer.get(field), str) and customer[field]:
-                return str(customer[field])
+            value = customer.get(field)
+            if value and isinstance(value, str):
+                return value
     return None
 
 

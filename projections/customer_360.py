@@ -62,12 +62,14 @@ CUSTOMERS = Table(
         summed("nps_responses"),
     ),
     primary_key=("customer_id",),
+    fillfactor=70,
     doc="Single view of the customer: one row per customer key (read model customer_360).",
 )
 REVENUE = Table(
     "customer_360_revenue",
     (key("customer_id"), key("currency"), summed("revenue", "numeric"), summed("orders")),
     primary_key=("customer_id", "currency"),
+    fillfactor=70,
     doc="Revenue and orders per customer and currency (read model customer_360).",
 )
 PRODUCTS = Table(

@@ -34,6 +34,7 @@ FOLDS = Table(
     "lifecycle_folds",
     (key("customer_id"), Column("fold", "jsonb", not_null=True)),
     primary_key=("customer_id",),
+    fillfactor=70,
     doc="Each customer's lifecycle fold after its latest fact, to continue it (read model lifecycle).",
 )
 INTERVALS = Table(
@@ -94,7 +95,6 @@ class Lifecycle(ReadModel):
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
         super().__init__(schema, settings)
         self.thresholds = self.settings.thresholds
-        self._insert_facts = FACTS.insert_sql(schema)
         self._upsert_folds = FOLDS.insert_sql(schema, "DO UPDATE SET fold = excluded.fold")
         columns = [c.name for c in INTERVALS.columns if c.name != "during"]
         arrays = ", ".join(f"%b::{c.type}[]" for c in INTERVALS.columns if c.name != "during")
@@ -112,7 +112,7 @@ class Lifecycle(ReadModel):
         if not new:
             return
         facts = [(c, f.occurred_at, f.event_id, f.type, f.survey_kind, f.score) for c, fs in new.items() for f in fs]
-        curs.execute(self._insert_facts, FACTS.parameters(facts))
+        FACTS.copy(curs, self.schema, facts)
         curs.execute(f"SELECT customer_id, fold FROM {self.t(FOLDS.name)} WHERE customer_id = ANY(%s)", (list(new),))
         stored = {row["customer_id"]: row["fold"] for row in curs.fetchall()}
         folds: dict[str, LifecycleFold] = {}

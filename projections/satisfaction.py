@@ -43,6 +43,7 @@ DAYS = Table(
     (key("day", "date"), key("kind"), key("channel"), summed("responses"), summed("score_sum", "bigint"),
      summed("promoters"), summed("passives"), summed("detractors"), summed("satisfied"), summed("alarms")),
     primary_key=("day", "kind", "channel"),
+    fillfactor=70,
     doc="Survey answers per day (UTC), kind and channel (read model satisfaction).",
 )
 RESPONSES = Table(
@@ -66,6 +67,7 @@ LATEST = Table(
     "satisfaction_latest",
     (key("customer_id"), *latest("answer", answer_kind="text", answer_score="int", answer_alarm="boolean")),
     primary_key=("customer_id",),
+    fillfactor=70,
     indexes=('(answer_at DESC, answer_event_id DESC) WHERE answer_alarm',),
     doc="Each customer's latest survey answer by (occurred_at, event_id) (read model satisfaction).",
 )
@@ -116,7 +118,6 @@ class Satisfaction(ReadModel):
         self._sql = {
             "days": self._days.upsert_sql(schema), "latest": self._latest.upsert_sql(schema),
             "customers": self._customers.upsert_sql(schema),
-            "contacts": CONTACTS.insert_sql(schema), "responses": RESPONSES.insert_sql(schema),
         }
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
@@ -140,11 +141,11 @@ class Satisfaction(ReadModel):
             return
         days: list[tuple[Any, ...]] = []
         if contacts:
-            curs.execute(self._sql["contacts"], CONTACTS.parameters(contacts))
+            CONTACTS.copy(curs, self.schema, contacts)
             days += self._move_waiting_answers(curs, contacts)
         if responses:
             self._find_channels(curs, responses)
-            curs.execute(self._sql["responses"], RESPONSES.parameters(responses))
+            RESPONSES.copy(curs, self.schema, responses)
             days += [day_row(r[2].date(), r[3], r[6], r[4], 1) for r in responses]
             latest_rows = [(r[0], r[3], r[4], is_alarm_answer(r[3], r[4]), r[2], r[1]) for r in responses]
             curs.execute(self._sql["latest"], LATEST.parameters(self._latest.accumulate(latest_rows)))

@@ -39,7 +39,6 @@ class Timeline(ReadModel):
 
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
         super().__init__(schema, settings)
-        self._insert = EVENTS.insert_sql(schema)
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
         rows = [
@@ -48,4 +47,4 @@ class Timeline(ReadModel):
             if (event_type := TYPE_BY_EVENT_CLASS.get(type(event))) is not None
         ]
         if rows:
-            curs.execute(self._insert, EVENTS.parameters(rows))
+            EVENTS.copy(curs, self.schema, rows)
