@@ -3,7 +3,7 @@
 Publishes N valid events to a throwaway topic, then measures in one run:
   1. raw consume: a plain kafka-python consumer reading the N messages (ingest's fetch settings);
   2. ingest: the real `IngestConsumer` built by `services.bootstrap`, driven in-process;
-  3. projection: the real customer_360 `ProjectionRunner.catch_up()` to the event store's head;
+  3. projection: the real `Projector` of customer_360 alone, `catch_up()` to the event store's head;
   4. raw COPY: psycopg 3 `COPY` of N of the stored event rows (same bytes) into a plain table,
      in transactions of the ingest batches' size.
 It prints a table, the ratios, and as its LAST line one JSON object with every figure.
@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,17 +77,18 @@ def _peak_rss_mb() -> float:
 # --- the data set, in a child process ---------------------------------------------------------
 
 def _generate_and_publish(servers: list[str], topic: str, customers: int, events: int, seed: int,
-                          out: Any) -> None:
-    """Child: generate the valid events, publish them (acks=all), send the figures back."""
+                          out: Any, clean: bool = True) -> None:
+    """Child: generate the events (only valid ones when `clean`, else with the generator's
+    duplicates, conflicts and invalid messages), publish them (acks=all), send the figures back."""
     try:
         t0 = time.perf_counter()
-        data = generate_demo_data(customers=customers, events=events, seed=seed,
-                                  duplicate_rate=0, invalid_rate=0, conflict_rate=0)
+        rates = {"duplicate_rate": 0, "invalid_rate": 0, "conflict_rate": 0} if clean else {}
+        data = generate_demo_data(customers=customers, events=events, seed=seed, **rates)
         generate_s = time.perf_counter() - t0
         messages = data.messages
-        kinds = {m.kind for m in messages}
-        if len(messages) != events or kinds != {"valid"}:
-            raise RuntimeError(f"data set has {len(messages)} messages of kinds {kinds}; expected {events} valid")
+        kinds = Counter(m.kind for m in messages)
+        if data.valid_events != events or kinds["valid"] != events or (clean and len(messages) != events):
+            raise RuntimeError(f"data set has {len(messages)} messages of kinds {dict(kinds)}; expected {events} valid")
         value_bytes = sum(len(m.value) for m in messages)
         key_bytes = sum(len(m.key or b"") for m in messages)
         errors: list[BaseException] = []
@@ -106,7 +108,7 @@ def _generate_and_publish(servers: list[str], topic: str, customers: int, events
         out.send({
             "customers": data.customers, "messages": len(messages), "generate_s": generate_s,
             "publish_s": publish_s, "value_bytes": value_bytes, "key_bytes": key_bytes,
-            "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_mb": _peak_rss_mb(), "kinds": dict(kinds),
         })
     except BaseException as error:  # noqa: BLE001 - reported by the parent
         out.send({"error": f"{type(error).__name__}: {error}"})
@@ -114,13 +116,13 @@ def _generate_and_publish(servers: list[str], topic: str, customers: int, events
         out.close()
 
 
-def publish_in_child(settings: Settings, customers: int, events: int, seed: int) -> dict[str, Any]:
+def publish_in_child(settings: Settings, customers: int, events: int, seed: int, clean: bool = True) -> dict[str, Any]:
     if threading.active_count() != 1:
         _say(f"warning: forking with {threading.active_count()} threads alive")
     ctx = mp.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_generate_and_publish, name="bench-publisher",
-                        args=(settings.kafka_servers, settings.topic, customers, events, seed, send))
+                        args=(settings.kafka_servers, settings.topic, customers, events, seed, send, clean))
     child.start()
     send.close()
     try:
@@ -209,8 +211,10 @@ def raw_consume(settings: Settings, n: int, max_poll_records: int, timeout: floa
 
 
 def ingest(settings: Settings, store: Any, n: int, timeout: float, profile_dir: Path | None,
-           clients: list[Any]) -> dict[str, Any]:
-    """Phase 3: the real ingest consumer (group member, exactly-once store), polled in-process."""
+           clients: list[Any], messages: int | None = None) -> dict[str, Any]:
+    """Phase 3: the real ingest consumer (group member, exactly-once store), polled in-process,
+    until it has consumed `messages` (default N, all valid); N of them must be stored."""
+    messages = n if messages is None else messages
     consumer = bootstrap.ingest_consumer(settings, store)
     clients.append(consumer)
     # Record when the first records arrive (after the group join), without changing behaviour.
@@ -227,36 +231,37 @@ def ingest(settings: Settings, store: Any, n: int, timeout: float, profile_dir: 
     rss_before = _rss_mb()
     consumer.subscribe()
     deadline = time.monotonic() + timeout
-    with _profiled(profile_dir, "ingest"), tqdm(total=n, desc="ingest", unit="ev", file=sys.stderr) as bar:
+    with _profiled(profile_dir, "ingest"), tqdm(total=messages, desc="ingest", unit="msg", file=sys.stderr) as bar:
         t0 = time.perf_counter()
-        while consumer.stats.stored < n:
+        while consumer.stats.messages < messages:
             consumer.poll_once()
-            bar.update(consumer.stats.stored - bar.n)
+            bar.update(consumer.stats.messages - bar.n)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"ingest: {consumer.stats.stored} of {n} stored after {timeout:.0f} s")
+                raise TimeoutError(f"ingest: {consumer.stats.messages} of {messages} messages after {timeout:.0f} s")
         elapsed = time.perf_counter() - t0
     stats = consumer.stats
-    if (stats.stored, stats.duplicates, stats.dead_lettered) != (n, 0, 0):
+    if stats.stored != n or stats.messages != messages or (messages == n and (stats.duplicates, stats.dead_lettered) != (0, 0)):
         raise RuntimeError(f"ingest stats unexpected: {stats}")
     join_s = first_records_at[0] - t0 if first_records_at else float("nan")
     return {
         "ingest_s": elapsed, "ingest_events_per_s": n / elapsed,
         "ingest_group_join_s": join_s, "ingest_events_per_s_after_join": n / (elapsed - join_s),
         "batches": stats.batches, "avg_batch_messages": stats.messages / stats.batches,
-        "retried_batches": stats.retried_batches,
+        "retried_batches": stats.retried_batches, "ingest_messages": stats.messages,
+        "ingest_duplicates": stats.duplicates, "ingest_dead_lettered": stats.dead_lettered,
         "rss_before_ingest_mb": rss_before, "peak_rss_after_ingest_mb": _peak_rss_mb(),
     }
 
 
 def project(settings: Settings, store: Any, n: int, profile_dir: Path | None) -> dict[str, Any]:
-    """Phase 4: customer_360's runner, catch_up() until its position is the log's head."""
-    runner = bootstrap.projection_runners(settings, store)[0]
+    """Phase 4: the projector of customer_360 alone, catch_up() until its position is the log's head."""
+    runner = bootstrap.projector(settings, store, only=["customer_360"])
     head = store.recorder.max_notification_id() or 0
     with _profiled(profile_dir, "projection"), _progress_thread("projection", head, lambda: runner.applied):
         t0 = time.perf_counter()
-        while runner.recorder.position() < head:
+        while min(runner.positions().values()) < head:
             if runner.catch_up() == 0:
-                raise RuntimeError(f"projection stuck at {runner.recorder.position()} of {head}")
+                raise RuntimeError(f"projection stuck at {runner.positions()} of {head}")
         elapsed = time.perf_counter() - t0
     return {
         "projection_s": elapsed, "projection_notifications": runner.applied,
@@ -271,7 +276,7 @@ def check_store_and_view(conninfo: str, n: int, customers: int) -> dict[str, Any
     with psycopg.connect(conninfo) as conn:
         rows, avg_state = conn.execute("SELECT count(*), avg(length(state)) FROM rapport_events").fetchone()
         view_customers, view_events = conn.execute(
-            "SELECT count(*), sum(calls + emails_count + purchases + survey_responses) FROM customer_360"
+            "SELECT count(*), sum(call_count + email_count + purchase_count + survey_response_count) FROM customer_360"
         ).fetchone()
         event_ids = conn.execute("SELECT count(*) FROM rapport_event_ids").fetchone()[0]
     expected = (n + customers, n, customers, n)
