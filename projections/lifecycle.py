@@ -6,20 +6,23 @@ facts are all later than the customer's latest fact continues it and rewrites on
 interval and those after it; a late fact (earlier than the latest) folds the customer's facts
 (`lifecycle_facts`) again. Either way the intervals are what §4 gives from all the events.
 
-The intervals run into the future (the moments thresholds pass are known from the facts): the
-stage at any time T is the interval whose `during` range holds T, found by a GiST index, so
-`GET /lifecycle/stages?as_of=T` counts without folding anyone.
+The intervals run into the future (the moments thresholds pass are known from the facts). The
+number of customers in each stage at any time T comes from `lifecycle_stage_days` (per UTC day and
+stage: intervals starting minus intervals ending): the sum over the days before T, plus the
+intervals starting or ending on T's day up to T, found by index. So `GET /lifecycle/stages?as_of=T`
+reads a few thousand small rows, whatever the number of customers, and folds no one.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer
 from domain.lifecycle import LifecycleFact, LifecycleFold, StageInterval
-from projections.readmodel import LIVE_SCHEMA, Column, ModelSettings, ReadModel, Table, View, key
+from projections.readmodel import LIVE_SCHEMA, Column, MergeTable, ModelSettings, ReadModel, Table, View, key, summed
 
 NAME = "lifecycle"
 
@@ -42,12 +45,24 @@ INTERVALS = Table(
     (key("customer_id"), key("seq", "int"), Column("stage", "text", not_null=True),
      Column("since", "timestamptz", not_null=True), Column("until", "timestamptz"),
      Column("reason", "text", not_null=True), Column("event_id", "text"), Column("previous_stage", "text"),
+     Column("starts_at", "timestamptz", not_null=True), Column("ends_at", "timestamptz"),
      Column("during", "tstzrange", not_null=True)),
     primary_key=("customer_id", "seq"),
-    indexes=("USING gist (during)", "(since)"),
+    indexes=("(since)", "(starts_at)", "(ends_at)"),
     doc="Stage intervals per customer in event time, past and ahead (read model lifecycle). A stage reached "
-        "by the passing of time (event_id null) holds from just after `since`; `during` is the exact range.",
+        "by the passing of time (event_id null) holds from just after `since`: `starts_at`, `ends_at` and "
+        "`during` are the exact instants it holds from and until.",
 )
+STAGE_DAYS = Table(
+    "lifecycle_stage_days",
+    (key("day", "date"), key("stage"), summed("change")),
+    primary_key=("day", "stage"),
+    fillfactor=70,
+    doc="Per UTC day and stage: intervals starting minus intervals ending that day (read model lifecycle). "
+        "The customers in a stage at T are the sum of the changes of the days before T, plus those of T's day "
+        "up to T.",
+)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def fact_of(event: Customer.Interaction) -> LifecycleFact:
@@ -58,19 +73,27 @@ def fact_of(event: Customer.Interaction) -> LifecycleFact:
 
 
 def interval_rows(customer_id: str, history: Sequence[StageInterval], first_seq: int) -> list[tuple[Any, ...]]:
-    """Rows of `lifecycle_intervals`, with the exact range each interval holds (`[` from an event,
-    `(` from a threshold passing; the upper bound follows from how the next one starts)."""
-    rows = []
-    for i, interval in enumerate(history):
-        following = history[i + 1] if i + 1 < len(history) else None
-        bounds = ("(" if interval.by_time else "[") + ("]" if following is not None and following.by_time else ")")
-        rows.append((customer_id, first_seq + i, interval.stage.value, interval.since, interval.until, interval.reason,
-                     interval.event_id, interval.previous_stage.value if interval.previous_stage else None, bounds))
-    return rows
+    """Rows of `lifecycle_intervals`, with the exact instants each interval holds from and until
+    (a stage reached by the passing of time holds from a microsecond after `since`)."""
+    starts = [i.since + _MICROSECOND if i.by_time else i.since for i in history]
+    return [
+        (customer_id, first_seq + n, interval.stage.value, interval.since, interval.until, interval.reason,
+         interval.event_id, interval.previous_stage.value if interval.previous_stage else None,
+         starts[n], starts[n + 1] if n + 1 < len(starts) else None)
+        for n, interval in enumerate(history)
+    ]
+
+
+def stage_changes(stage: str, starts_at: datetime, ends_at: datetime | None, sign: int) -> list[tuple[Any, ...]]:
+    """What one interval adds to (sign 1) or takes from (sign -1) `lifecycle_stage_days`."""
+    changes = [(starts_at.astimezone(UTC).date(), stage, sign)]
+    if ends_at is not None:
+        changes.append((ends_at.astimezone(UTC).date(), stage, -sign))
+    return changes
 
 
 _INTERVAL_COLUMNS = ("customer_id, seq, stage, since, until, reason, event_id, previous_stage, "
-                     "event_id IS NULL AS by_time, during")
+                     "event_id IS NULL AS by_time, starts_at, ends_at, during")
 VIEWS = (
     View("lifecycle_intervals", f"SELECT {_INTERVAL_COLUMNS} FROM {{lifecycle_intervals}}",
          "Each customer's lifecycle stages as intervals in event time, past and ahead (contract §4; read model "
@@ -81,7 +104,9 @@ VIEWS = (
           ("reason", "why, e.g. '2nd purchase', 'NPS 3', 'no purchase for 180 days'"),
           ("event_id", "the event that caused the change; null when the passing of time did"),
           ("by_time", "true when the passing of time caused the change (the stage holds from just after since)"),
-          ("during", "the exact range the stage holds (tstzrange); GiST-indexed"))),
+          ("starts_at", "the first instant the stage holds (since, or a microsecond after it when by_time)"),
+          ("ends_at", "the first instant it no longer holds; null for the last"),
+          ("during", "[starts_at, ends_at) as a tstzrange"))),
     View("lifecycle_now", f"SELECT {_INTERVAL_COLUMNS} FROM {{lifecycle_intervals}} WHERE during @> now()",
          "Each customer's current stage (the interval holding now; read model lifecycle)."),
 )
@@ -89,7 +114,8 @@ VIEWS = (
 
 class Lifecycle(ReadModel):
     name = NAME
-    tables = (FACTS, FOLDS, INTERVALS)
+    version = 2  # 2: effective start and end instants, stage changes per day (no GiST index)
+    tables = (FACTS, FOLDS, INTERVALS, STAGE_DAYS)
     views = VIEWS
 
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
@@ -100,9 +126,11 @@ class Lifecycle(ReadModel):
         arrays = ", ".join(f"%b::{c.type}[]" for c in INTERVALS.columns if c.name != "during")
         self._insert_intervals = (
             f"INSERT INTO {self.t(INTERVALS.name)} ({', '.join(columns)}, during)\n"
-            f"SELECT {', '.join('d.' + c for c in columns)}, tstzrange(d.since, d.until, d.bounds)\n"
-            f"FROM unnest({arrays}, %b::text[]) AS d({', '.join(columns)}, bounds)"
+            f"SELECT {', '.join('d.' + c for c in columns)}, tstzrange(d.starts_at, d.ends_at, '[)')\n"
+            f"FROM unnest({arrays}) AS d({', '.join(columns)})"
         )
+        self._stage_days = MergeTable(STAGE_DAYS)
+        self._upsert_stage_days = self._stage_days.upsert_sql(schema)
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
         new: dict[str, list[LifecycleFact]] = {}
@@ -143,9 +171,17 @@ class Lifecycle(ReadModel):
         customers = sorted(folds)
         curs.execute(
             f"DELETE FROM {self.t(INTERVALS.name)} AS t USING unnest(%b::text[], %b::int[]) AS d(customer_id, seq) "
-            "WHERE t.customer_id = d.customer_id AND t.seq >= d.seq",
+            "WHERE t.customer_id = d.customer_id AND t.seq >= d.seq RETURNING t.stage, t.starts_at, t.ends_at",
             (customers, [folds[c].first_seq for c in customers]),
         )
+        changes = [c for r in curs.fetchall() for c in stage_changes(r["stage"], r["starts_at"], r["ends_at"], -1)]
         rows = [row for c in customers for row in interval_rows(c, folds[c].history(), folds[c].first_seq)]
+        changes += [c for row in rows for c in stage_changes(row[2], row[8], row[9], 1)]
         curs.execute(self._insert_intervals, [list(column) for column in zip(*rows, strict=True)])
         curs.execute(self._upsert_folds, (customers, [json.dumps(folds[c].to_json()) for c in customers]))
+        days = self._stage_days.accumulate(changes)
+        curs.execute(self._upsert_stage_days, STAGE_DAYS.parameters(days))
+        # A day whose starts and ends cancel out holds no row (the same rows whatever the order).
+        curs.execute(f"DELETE FROM {self.t(STAGE_DAYS.name)} WHERE change = 0 AND (day, stage) IN "
+                     "(SELECT * FROM unnest(%b::date[], %b::text[]))",
+                     ([d[0] for d in days], [d[1] for d in days]))

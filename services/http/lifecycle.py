@@ -1,15 +1,15 @@
 """`GET /lifecycle/stages` and `GET /lifecycle/flow` (contract §3, §3b): counts over the stage
-intervals of the lifecycle read model, by indexed range queries."""
+intervals of the lifecycle read model (per-day changes and indexed range queries)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from domain.lifecycle import Stage
-from projections.lifecycle import INTERVALS
+from projections.lifecycle import INTERVALS, STAGE_DAYS
 from services.http import params
 from services.http.resources import Res
 
@@ -25,11 +25,18 @@ def get_stages(
                                                    "where customers will be if nothing else happens")] = None,
 ) -> dict[str, Any]:
     at = params.instant("as_of", as_of)
+    day = datetime.combine(at.astimezone(UTC).date(), time(), UTC)
     with res.pool.connection() as conn:
-        # The GiST index on `during` finds the one interval of each customer that holds `at`.
-        rows = conn.execute(f"SELECT stage, count(*) AS n FROM {INTERVALS.name} WHERE during @> %s GROUP BY stage",
-                            (at,)).fetchall()
-    counts = {row["stage"]: row["n"] for row in rows}
+        # Customers in a stage at `at` = intervals started by then minus intervals ended by then:
+        # whole days from the per-day changes, `at`'s own day from the intervals (by index).
+        rows = conn.execute(
+            f"SELECT stage, sum(n) AS n FROM ("
+            f"SELECT stage, change AS n FROM {STAGE_DAYS.name} WHERE day < %(day)s::date "
+            f"UNION ALL SELECT stage, 1 FROM {INTERVALS.name} WHERE starts_at >= %(day)s AND starts_at <= %(at)s "
+            f"UNION ALL SELECT stage, -1 FROM {INTERVALS.name} WHERE ends_at >= %(day)s AND ends_at <= %(at)s"
+            ") AS changes GROUP BY stage", {"day": day, "at": at},
+        ).fetchall()
+    counts = {row["stage"]: int(row["n"]) for row in rows}
     return {"as_of": params.rfc3339(at), "stages": {stage.value: counts.get(stage.value, 0) for stage in Stage}}
 
 
