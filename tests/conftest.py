@@ -20,6 +20,8 @@ import pytest
 from services.settings import Settings
 
 if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
     from eventstore.store import InteractionLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,3 +97,17 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         **extra,
     })
     return env
+
+
+@pytest.fixture
+def client(settings: Settings, store: InteractionLog) -> Iterator[TestClient]:
+    """The API in-process (FastAPI's TestClient) on this test's settings, after every read model
+    has caught up with what earlier tests stored, so that "before" readings are settled."""
+    from fastapi.testclient import TestClient
+
+    from services.bootstrap import projector
+    from services.http.app import create_app
+
+    projector(settings, store).catch_up()
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client

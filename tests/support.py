@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
@@ -130,3 +131,23 @@ def stored_event_ids(store: InteractionLog, customer_ids: list[str]) -> list[str
             ([customer_id_for(c) for c in customer_ids],),
         ).fetchall()
     return [row["event_id"] for row in rows]
+
+
+def parse(text: str) -> datetime:
+    """An RFC 3339 time from an API answer, in UTC."""
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def deliver(settings: Settings, store: InteractionLog, messages: list[dict[str, Any]]) -> None:
+    """Publish through Kafka, ingest to the end of the topic, project every read model to the head."""
+    from services.bootstrap import ingest_consumer, projector
+
+    publish(settings, messages)
+    consumer = ingest_consumer(settings, store)
+    drain(consumer, settings)
+    assert consumer.stats.dead_lettered == 0, "test data must be valid"
+    projector(settings, store).catch_up()

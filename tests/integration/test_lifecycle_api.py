@@ -11,7 +11,7 @@ test has data, so the results never depend on today's date (except where a test 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,10 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eventstore.store import InteractionLog
-from services.bootstrap import ingest_consumer, projector
-from services.http.app import create_app
 from services.settings import Settings
-from tests.support import drain, envelope, new_customer_id, publish
+from tests.support import deliver, envelope, iso, new_customer_id, parse
 
 pytestmark = pytest.mark.integration
 
@@ -141,28 +139,6 @@ def reference_flow(customers: dict[str, list[Fact]], start: datetime, end: datet
 # Driving the system.
 
 
-def parse(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-@pytest.fixture
-def client(settings: Settings, store: InteractionLog) -> Iterator[TestClient]:
-    projector(settings, store).catch_up()  # whatever earlier tests stored is projected before any "before" reading
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-def deliver(settings: Settings, store: InteractionLog, messages: list[dict[str, Any]]) -> None:
-    """Publish through Kafka, ingest to the end of the topic, project to the head."""
-    publish(settings, messages)
-    consumer = ingest_consumer(settings, store)
-    drain(consumer, settings)
-    assert consumer.stats.dead_lettered == 0, "test data must be valid"
-    projector(settings, store).catch_up()
 
 
 def call(c: str, at: str, tag: str) -> dict[str, Any]:

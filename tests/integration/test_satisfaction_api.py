@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -21,10 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eventstore.store import InteractionLog
-from services.bootstrap import ingest_consumer, projector
-from services.http.app import create_app
 from services.settings import Settings
-from tests.support import drain, envelope, new_customer_id, publish
+from tests.support import deliver, envelope, iso, new_customer_id, parse
 
 pytestmark = pytest.mark.integration
 
@@ -32,28 +29,6 @@ CATEGORIES = ["promoter", "passive", "detractor", "none"]
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 
 
-def parse(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-@pytest.fixture
-def client(settings: Settings, store: InteractionLog) -> Iterator[TestClient]:
-    projector(settings, store).catch_up()  # whatever earlier tests stored is projected before any "before" reading
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-def deliver(settings: Settings, store: InteractionLog, messages: list[dict[str, Any]]) -> None:
-    """Publish through Kafka, ingest to the end of the topic, project to the head."""
-    publish(settings, messages)
-    consumer = ingest_consumer(settings, store)
-    drain(consumer, settings)
-    assert consumer.stats.dead_lettered == 0, "test data must be valid"
-    projector(settings, store).catch_up()
 
 
 def get_ok(client: TestClient, path: str, **query: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,33 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eventstore.store import InteractionLog
-from services.bootstrap import ingest_consumer, projector
-from services.http.app import create_app
 from services.settings import Settings
-from tests.support import drain, envelope, new_customer_id, publish
+from tests.support import deliver, envelope, new_customer_id, parse
 
 pytestmark = pytest.mark.integration
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 
 
-def parse(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-def deliver(settings: Settings, store: InteractionLog, messages: list[dict[str, Any]]) -> None:
-    """Publish through Kafka, ingest to the end of the topic, project to the head."""
-    publish(settings, messages)
-    consumer = ingest_consumer(settings, store)
-    drain(consumer, settings)
-    assert consumer.stats.dead_lettered == 0, "test data must be valid"
-    projector(settings, store).catch_up()
 
 
 def story(c: str) -> list[dict[str, Any]]:
