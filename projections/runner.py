@@ -36,7 +36,6 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg.sql import SQL
 
-from eventstore import tables
 from projections.readmodel import ANALYTICS_SCHEMA, LIVE_SCHEMA, ReadModel
 
 log = logging.getLogger("rapport.projector")
@@ -92,31 +91,6 @@ class ProjectionStore(PostgresTrackingRecorder):
         )
 
 
-def projection_status(conn: Any, names: Sequence[str]) -> list[dict[str, Any]]:
-    """Per read model: position, the log's head, lag in events and in seconds (age of the oldest
-    event not yet applied), events parked. One snapshot for all (`conn` gives dict rows)."""
-    with conn.transaction(), conn.cursor() as curs:
-        curs.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        at = positions(curs, names)
-        curs.execute(f"SELECT COALESCE(MAX(notification_id), 0) AS head FROM {tables.EVENTS}")
-        head = curs.fetchone()["head"]
-        curs.execute(f"SELECT read_model, count(*) AS n FROM {PARKED_TABLE} GROUP BY 1")
-        parked = {row["read_model"]: row["n"] for row in curs.fetchall()}
-        result = []
-        for name in names:
-            lag_seconds = 0.0
-            if at[name] < head:
-                curs.execute(
-                    f"SELECT extract(epoch FROM now() - {tables.RECORDED_AT_SQL}) AS age FROM {tables.EVENTS} "
-                    "WHERE notification_id > %s ORDER BY notification_id LIMIT 1", (at[name],))
-                row = curs.fetchone()
-                lag_seconds = max(float(row["age"]), 0.0) if row else 0.0
-            result.append({"name": name, "position": at[name], "head": head, "lag": head - at[name],
-                           "lag_seconds": round(lag_seconds, 3),
-                           "parked": parked.get(name, 0)})
-        return result
-
-
 def positions(curs: Any, names: Sequence[str]) -> dict[str, int]:
     """Each read model's position (0 before its first page)."""
     curs.execute(f"SELECT application_name, notification_id FROM {TRACKING_TABLE} WHERE application_name = ANY(%s)",
@@ -143,15 +117,6 @@ def stored_versions(curs: Any, names: Sequence[str]) -> dict[str, int]:
 def record_version(curs: Any, name: str, version: int) -> None:
     curs.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (%s, %s) ON CONFLICT (read_model) DO UPDATE "
                  "SET version = excluded.version", (name, version))
-
-
-def parked_events(conn: Any, names: Sequence[str]) -> list[dict[str, Any]]:
-    """The events parked by these read models, oldest first, with the error and the event."""
-    with conn.cursor() as curs:
-        curs.execute(f"SELECT read_model, notification_id, originator_id, originator_version, topic, error, "
-                     f"attempts, parked_at, convert_from(state, 'UTF8') AS event FROM {PARKED_TABLE} "
-                     "WHERE read_model = ANY(%s) ORDER BY read_model, notification_id", (list(names),))
-        return list(curs.fetchall())
 
 
 def describe(error: BaseException | str) -> str:

@@ -48,7 +48,7 @@ def _names(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from projections.runner import projection_status
+    from projections.status import projection_status
     from services.bootstrap import read_pool
 
     with read_pool(settings, max_size=1) as pool, pool.connection() as conn:
@@ -61,7 +61,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
-    from projections.runner import parked_events
+    from projections.status import parked_events
     from services.bootstrap import read_pool
 
     with read_pool(settings, max_size=1) as pool, pool.connection() as conn:

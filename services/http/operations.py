@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from eventstore import tables
 from projections.catalog import READ_MODELS
-from projections.runner import projection_status
+from projections.status import projection_status
 from services.http.resources import Res
 
 router = APIRouter(tags=["operations"])

@@ -15,7 +15,8 @@ from domain.contract import validate_envelope
 from domain.customer import Customer
 from eventstore.store import InteractionLog
 from projections.rebuild import REBUILD_SCHEMA, build_copy, compare_and_swap
-from projections.runner import PARKED_TABLE, TRACKING_TABLE, Projector, parked_events
+from projections.runner import PARKED_TABLE, TRACKING_TABLE, Projector
+from projections.status import parked_events
 from projections.timeline import EVENTS, Timeline
 from services.bootstrap import projector, read_pool
 from services.http.app import create_app
