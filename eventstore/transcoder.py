@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import JSONTranscoder
 
-
 # orjson reads an integer beyond 64 bits as a float, silently: such bytes go to the library's
 # decoder. A number follows ":", "[" or "," (and maybe spaces); a string
 # holding ",1234..." only costs the slower decoder, never a wrong value.
