@@ -14,11 +14,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from projections.readmodel import LIVE_SCHEMA, ReadModel, Table, qualified
+import psycopg
+
+from projections.readmodel import ANALYTICS_SCHEMA, LIVE_SCHEMA, ReadModel, Table, qualified
 from projections.runner import PARKED_TABLE, TRACKING_TABLE, Projector, positions, record_version, stored_versions
 
 log = logging.getLogger("rapport.rebuild")
@@ -120,7 +123,30 @@ def compare(curs: Any, table: Table, live: ReadModel, new: ReadModel) -> TableCo
     return result
 
 
+def _lock_for_swap(curs: Any, live: ReadModel, wait_seconds: float = 60.0) -> None:
+    """Take the live tables and views of the read model, all at once, without ever waiting while
+    holding some: a query holds its tables until it ends, in an order of its own, so taking them
+    one by one could deadlock with it (and PostgreSQL would then end the query)."""
+    names = [live.t(t.name) for t in live.tables] + [qualified(ANALYTICS_SCHEMA, v.name) for v in live.views]
+    curs.execute("SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL", (names,))
+    existing = [row["name"] for row in curs.fetchall()]
+    if not existing:
+        return
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            with curs.connection.transaction():  # a savepoint: a failed attempt releases what it took
+                curs.execute(f"LOCK TABLE {', '.join(existing)} IN ACCESS EXCLUSIVE MODE NOWAIT")
+            return
+        except psycopg.errors.LockNotAvailable:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{live.name}: queries kept its tables busy for {wait_seconds:.0f} s; nothing was "
+                                   "swapped; run the rebuild again") from None
+            time.sleep(0.02)
+
+
 def _swap(curs: Any, live: ReadModel, new: ReadModel, live_name: str, new_name: str, position: int) -> None:
+    _lock_for_swap(curs, live)
     for view in live.views:
         curs.execute(view.drop_statement())
     for table in live.tables:
