@@ -144,8 +144,8 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
     _say(f"  its history:  curl {customer}/lifecycle      its events: curl '{customer}/timeline?limit=20'")
     _say(f"  stages now:   curl {base}/lifecycle/stages   ({', '.join(f'{k} {v}' for k, v in stages.items())})")
     _say(f"  flow:         curl '{base}/lifecycle/flow?from=2026-01-01&to=2026-04-01'")
-    _say(f"  NPS trend:    curl '{base}/satisfaction/trend?kind=nps&granularity=month&channel=phone'"
-         + (f"   (NPS {latest['nps']} in {latest['period_start'][:7]})" if latest else ""))
+    _say(f"  NPS trend:    curl '{base}/satisfaction/trend?kind=nps&granularity=month'"
+         + (f"   (NPS {latest['nps']} in {latest['period_start'][:7]}; by channel: &channel=phone)" if latest else ""))
     _say(f"  call back:    curl {base}/satisfaction/alarms   ({len(alarms)}{'+' if len(alarms) == 500 else ''} "
          "customers whose latest answer is an alarm, last 30 days)")
     _say(f"  revenue:      curl {base}/satisfaction/revenue-by-category")
