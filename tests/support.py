@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
@@ -151,3 +159,34 @@ def deliver(settings: Settings, store: InteractionLog, messages: list[dict[str, 
     drain(consumer, settings)
     assert consumer.stats.dead_lettered == 0, "test data must be valid"
     projector(settings, store).catch_up()
+
+
+@contextmanager
+def serving(command: str, env: dict[str, str], port: int) -> Iterator[str]:
+    """`rapport <command>` (`api` or `run`) in its own process group, once its API answers
+    /health; its base URL. Stopped with SIGTERM at the end (killed, children too, if it hangs)."""
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen([sys.executable, "-m", "services.cli", command], cwd=root, env=env,
+                               start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=10) as response:  # noqa: S310 - localhost
+                return response.status == 200
+        except urllib.error.HTTPError:
+            return False
+        except OSError:
+            assert process.poll() is None, f"rapport {command} exited with {process.returncode}"
+            return False
+
+    try:
+        wait_for(healthy, timeout=60, interval=0.1, what=f"rapport {command} to answer /health")
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

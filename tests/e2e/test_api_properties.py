@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -52,8 +48,8 @@ from eventstore.store import InteractionLog
 from services.bootstrap import ingest_consumer, projector
 from services.http.app import create_app
 from services.settings import Settings
-from tests.conftest import ROOT, settings_env
-from tests.support import drain, end_offsets, envelope, publish, wait_for
+from tests.conftest import settings_env
+from tests.support import drain, end_offsets, envelope, publish, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -223,27 +219,8 @@ def api(settings: Settings, seeded: Seeded) -> Iterator[str]:
     """`rapport api` alone (no ingest: what POST /events accepts stays on the test's topic); its URL."""
     port = free_port()
     env = settings_env(settings.model_copy(update={"api_port": port}), RAPPORT_LOG_LEVEL="WARNING")
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", "api"], cwd=ROOT, env=env,
-                               start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return call("GET", f"{base}/health")[0] == 200
-        except OSError:
-            assert process.poll() is None, f"rapport api exited with {process.returncode}"
-            return False
-
-    try:
-        wait_for(healthy, timeout=60, interval=0.1, what="rapport api to answer /health")
+    with serving("api", env, port) as base:
         yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,12 +6,8 @@ The expected views are computed here, from the events the test sent, by the cont
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,8 +19,8 @@ from typing import Any
 import pytest
 
 from services.settings import Settings
-from tests.conftest import ROOT, settings_env
-from tests.support import end_offsets, envelope, new_customer_id, publish, wait_for
+from tests.conftest import settings_env
+from tests.support import end_offsets, envelope, iso, new_customer_id, publish, serving, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -52,31 +48,8 @@ def api(settings: Settings) -> Iterator[str]:
     """`rapport run` (ingest, projector, API) on this test's topic; the API's base URL."""
     port = free_port()
     settings = settings.model_copy(update={"api_port": port})
-    # Its own process group: if it must be killed, its three children go with it.
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], cwd=ROOT, env=settings_env(settings),
-                               start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return http("GET", f"{base}/health")[0] == 200
-        except OSError:
-            assert process.poll() is None, "rapport run exited"
-            return False
-
-    try:
-        wait_for(healthy, timeout=60, interval=0.2, what="the API to answer /health")
+    with serving("run", settings_env(settings), port) as base:
         yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def expected_view(customer_id: str, events: list[dict[str, Any]]) -> dict[str, Any]:
