@@ -68,6 +68,18 @@ class IngestStats:
 
 
 @dataclass(frozen=True)
+class _BatchInDoubt:
+    """A batch whose commit got no answer: PostgreSQL may have stored it before the connection was
+    cut. The stored positions decide, once the database answers again."""
+
+    last_offsets: dict[int, int]
+    messages: int
+    stored: int
+    duplicates: int
+    dead_lettered: int
+
+
+@dataclass(frozen=True)
 class _Accepted:
     record: Any
     envelope: Envelope
@@ -152,6 +164,7 @@ class IngestConsumer:
         # again (after a failed batch, or an assignment while PostgreSQL was away). They are
         # paused meanwhile, so no message of theirs is fetched or returned.
         self._unpositioned: set[TopicPartition] = set()
+        self._in_doubt: _BatchInDoubt | None = None
         self._stop = threading.Event()  # `run` passes its own: a SIGTERM cuts a back-off short
 
     # -- positions -----------------------------------------------------------------------
@@ -190,7 +203,8 @@ class IngestConsumer:
     def _seek_unpositioned(self) -> None:
         assigned = self.consumer.assignment()
         partitions = [tp for tp in self._unpositioned if tp in assigned]
-        self.seek_to_stored_positions(partitions)  # may raise: they stay held
+        self._settle_batch_in_doubt()  # may raise: they stay held
+        self.seek_to_stored_positions(partitions)
         if partitions:
             self.consumer.resume(*partitions)
         self._unpositioned.clear()
@@ -213,6 +227,24 @@ class IngestConsumer:
         # completes: the member then gets no partitions and sends no heartbeats, for ever (seen
         # in tests under load). `topics()` always asks the broker and waits for the answer.
         self.consumer.topics()
+
+    def _settle_batch_in_doubt(self) -> None:
+        """Count a batch whose commit went unanswered if the stored positions show it was stored."""
+        batch = self._in_doubt
+        if batch is None:
+            return
+        stored = self.store.interactions.kafka_positions(self.topic, batch.last_offsets)
+        still_ours = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
+        # After a rebalance another member may have stored those offsets: then it is not known who did.
+        if set(batch.last_offsets) <= still_ours and all(stored.get(p, -1) >= o for p, o in batch.last_offsets.items()):
+            log.info("the batch whose commit went unanswered was stored (%d events); it is counted once",
+                     batch.stored)
+            self.stats.messages += batch.messages
+            self.stats.stored += batch.stored
+            self.stats.duplicates += batch.duplicates
+            self.stats.dead_lettered += batch.dead_lettered
+            self.stats.batches += 1
+        self._in_doubt = None
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -277,7 +309,7 @@ class IngestConsumer:
         return len(records)
 
     def _retry_later(self, delay: float) -> None:
-        """Nothing of the batch was stored: forget what may be stale, wait, and read again from
+        """The batch was not stored (or its commit went unanswered): forget what may be stale, wait, and read again from
         the stored positions (the partitions are held until then)."""
         # Cached aggregates hold the failed batch's events (applied in memory, never stored).
         self.store.forget_cached_customers()
@@ -296,13 +328,15 @@ class IngestConsumer:
             log.error("PostgreSQL has been unavailable for %.0f s (%d attempts; last: %s); stopping",
                       away, self._database_failures_in_a_row, _one_line(error))
             raise DatabaseUnavailable(
-                f"PostgreSQL has been unavailable for {away:.0f} s ({_one_line(error)}); nothing of the last "
-                "batch was stored; restart ingest once the database answers (it resumes at the stored positions)"
+                f"PostgreSQL has been unavailable for {away:.0f} s ({_one_line(error)}); the last batch "
+                "was not stored (or was, if the connection was cut as it committed); restart ingest once the "
+                "database answers (it resumes at the stored positions)"
             ) from error
         delay = min(FIRST_BACKOFF_SECONDS * 2 ** (self._database_failures_in_a_row - 1), MAX_BACKOFF_SECONDS)
         delay = min(delay, max(self.give_up_after_seconds - away, 0.0))
-        log.warning("PostgreSQL unavailable (%s); nothing of the batch was stored; retrying from the stored "
-                    "positions in %.1f s (attempt %d, giving up after %.0f s)", _one_line(error), delay,
+        log.warning("PostgreSQL unavailable (%s); the batch was not stored (unless the connection was cut as "
+                    "it committed: the stored positions tell); retrying from the stored positions in %.1f s "
+                    "(attempt %d, giving up after %.0f s)", _one_line(error), delay,
                     self._database_failures_in_a_row, self.give_up_after_seconds)
         self._retry_later(delay)
 
@@ -336,19 +370,23 @@ class IngestConsumer:
         last_offsets: dict[int, int] = {}
         for record in records:
             last_offsets[record.partition] = max(last_offsets.get(record.partition, -1), record.offset)
-        self.store.save(
-            *customers,
-            positions=[Tracking(kafka_position_name(self.topic, p), o) for p, o in sorted(last_offsets.items())],
-            event_ids=[
-                EventIdRow(a.envelope.event_id, a.fingerprint, customer_id_for(a.envelope.customer_key),
-                           a.record.topic, a.record.partition, a.record.offset)
-                for a in accepted
-            ],
-            dead_letters=[
-                DeadLetterRow(r.topic, r.partition, r.offset, reason, r.key, r.value or b"") for r, reason in rejected
-            ],
-            counters=counts,
-        )
+        try:
+            self.store.save(
+                *customers,
+                positions=[Tracking(kafka_position_name(self.topic, p), o) for p, o in sorted(last_offsets.items())],
+                event_ids=[
+                    EventIdRow(a.envelope.event_id, a.fingerprint, customer_id_for(a.envelope.customer_key),
+                               a.record.topic, a.record.partition, a.record.offset)
+                    for a in accepted
+                ],
+                dead_letters=[
+                    DeadLetterRow(r.topic, r.partition, r.offset, reason, r.key, r.value or b"") for r, reason in rejected
+                ],
+                counters=counts,
+            )
+        except DATABASE_UNAVAILABLE:
+            self._in_doubt = _BatchInDoubt(last_offsets, len(records), len(accepted), len(duplicates), len(rejected))
+            raise
         self.stats.messages += len(records)
         self.stats.stored += len(accepted)
         self.stats.duplicates += len(duplicates)

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import psycopg
 import pytest
 
 from consumers.ingest import DatabaseUnavailable
@@ -15,7 +16,7 @@ from eventstore.store import InteractionLog
 from services.bootstrap import ingest_consumer, interaction_log
 from services.settings import Settings
 from tests.integration.pg_faults import answers, database_away
-from tests.support import end_offsets, envelope, new_customer_id, publish, stored_event_ids, wait_for
+from tests.support import drain, end_offsets, envelope, new_customer_id, publish, stored_event_ids, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +99,31 @@ def test_ingest_gives_up_when_the_database_stays_away(settings: Settings, store:
         consumer.store.close()
     assert stored_event_ids(store, [customer]) == []
     assert store.interactions.ingest_counters(settings.topic)["stored"] == 0
+
+
+def test_a_batch_whose_commit_went_unanswered_is_counted_once(settings: Settings, store: InteractionLog) -> None:
+    """The connection is cut just after PostgreSQL committed a batch, before ingest heard so (seen in
+    CI when `database_away` terminated the backend mid-commit): the stored offsets decide, so the
+    batch is neither read again nor missing from the process's totals."""
+    customers = [new_customer_id() for _ in range(5)]
+    events = calls(customers, 40, 4)
+    publish(settings, events)
+    consumer = ingest_consumer(settings.model_copy(update={"ingest_max_poll_records": 10}), interaction_log(settings))
+    real_save = consumer.store.save
+    cut = []
+
+    def save_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+        result = real_save(*args, **kwargs)  # committed in PostgreSQL
+        if not cut:
+            cut.append(True)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return result
+
+    consumer.store.save = save_then_lose_the_answer  # type: ignore[method-assign]
+    drain(consumer, settings)
+    consumer.store.close()
+
+    assert cut and consumer.stats.database_failures == 1
+    assert Counter(stored_event_ids(store, customers)) == Counter(e["event_id"] for e in events)
+    assert consumer.stats.stored == len(events) and consumer.stats.duplicates == 0
+    assert store.interactions.ingest_counters(settings.topic)["stored"] == len(events)
