@@ -12,7 +12,7 @@ Counters (stored, duplicates, dead-lettered, batches per partition): in the same
 so they are exact too.
 
 PostgreSQL going away (a restart, a cut connection) anywhere in a batch stores nothing of it:
-ingest forgets its cached customers, backs off (capped exponential), seeks back to the stored
+ingest forgets the stream versions it remembers, backs off (capped exponential), seeks back to the stored
 positions and tries again; after about 5 minutes without a stored batch it gives up (the error
 ends the process with exit code 1, for a supervisor to restart it).
 """
@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, Tracking
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -34,7 +33,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import OffsetOutOfRangeError
 
 from domain.contract import Envelope, InvalidEvent, parse_envelope
-from domain.customer import Customer, customer_id_for
+from domain.customer import Customer, customer_id_for, interaction_after
 from eventstore.store import (
     DATABASE_UNAVAILABLE,
     DeadLetterRow,
@@ -283,7 +282,7 @@ class IngestConsumer:
             self.stats.retried_batches += 1
             self._conflicts_in_a_row += 1
             if self._conflicts_in_a_row > MAX_RETRIES_IN_A_ROW:
-                self.store.forget_cached_customers()
+                self.store.forget_stream_versions()
                 raise RuntimeError(
                     f"the same batch failed to store {MAX_RETRIES_IN_A_ROW} times in a row ({error}); "
                     "stopping instead of retrying for ever"
@@ -295,9 +294,9 @@ class IngestConsumer:
             self._database_unavailable(error)
             return len(records)
         except BaseException:
-            # Cached aggregates may hold events that were never stored: a later save would leave
-            # a gap in their streams. Forget them; the error ends the process.
-            self.store.forget_cached_customers()
+            # Remembered stream versions may count facts that were never stored: a later save would
+            # leave a gap in their streams. Forget them; the error ends the process.
+            self.store.forget_stream_versions()
             raise
         if records:
             self._conflicts_in_a_row = 0
@@ -311,8 +310,8 @@ class IngestConsumer:
     def _retry_later(self, delay: float) -> None:
         """The batch was not stored (or its commit went unanswered): forget what may be stale, wait, and read again from
         the stored positions (the partitions are held until then)."""
-        # Cached aggregates hold the failed batch's events (applied in memory, never stored).
-        self.store.forget_cached_customers()
+        # Remembered versions count the failed batch's facts (never stored).
+        self.store.forget_stream_versions()
         self._hold(self.consumer.assignment())
         self._stop.wait(delay)
 
@@ -324,7 +323,7 @@ class IngestConsumer:
         self.stats.database_failures += 1
         away = now - self._unavailable_since
         if away >= self.give_up_after_seconds:
-            self.store.forget_cached_customers()
+            self.store.forget_stream_versions()
             log.error("PostgreSQL has been unavailable for %.0f s (%d attempts; last: %s); stopping",
                       away, self._database_failures_in_a_row, _one_line(error))
             raise DatabaseUnavailable(
@@ -364,15 +363,15 @@ class IngestConsumer:
         rejected += conflicts
         counts = self._partition_counts(records, accepted, duplicates, rejected)
 
-        customers = self._apply(accepted)
+        facts = self._facts(accepted)
         if rejected:
             self.dead_letters.publish(rejected)
         last_offsets: dict[int, int] = {}
         for record in records:
             last_offsets[record.partition] = max(last_offsets.get(record.partition, -1), record.offset)
         try:
-            self.store.save(
-                *customers,
+            self.store.record(
+                facts,
                 positions=[Tracking(kafka_position_name(self.topic, p), o) for p, o in sorted(last_offsets.items())],
                 event_ids=[
                     EventIdRow(a.envelope.event_id, a.fingerprint, customer_id_for(a.envelope.customer_key),
@@ -435,19 +434,23 @@ class IngestConsumer:
                 ))
         return accepted, duplicates, conflicts
 
-    def _apply(self, accepted: Sequence[_Accepted]) -> list[Customer]:
-        """Record each new event on its customer, in the order the messages came."""
-        ids: dict[str, UUID] = {a.envelope.customer_key: customer_id_for(a.envelope.customer_key) for a in accepted}
-        customers = self.store.load_customers(ids.values())
-        touched: dict[UUID, Customer] = {}
+    def _facts(self, accepted: Sequence[_Accepted]) -> list[Any]:
+        """The new facts of the batch, in the order the messages came: each customer's stream goes
+        on from its stored version; a new customer is registered first."""
+        ids = {a.envelope.customer_key: customer_id_for(a.envelope.customer_key) for a in accepted}
+        versions = self.store.stream_versions(set(ids.values()))
+        facts: list[Any] = []
         for item in accepted:
-            customer_id = ids[item.envelope.customer_key]
-            customer = customers.get(customer_id)
-            if customer is None:
-                customer = customers[customer_id] = Customer(item.envelope.customer_key)
-            customer.record(item.envelope)
-            touched[customer_id] = customer
-        return list(touched.values())
+            key = item.envelope.customer_key
+            customer_id = ids[key]
+            version = versions.get(customer_id)
+            if version is None:
+                customer = Customer(key)
+                facts.extend(customer.collect_events())
+                version = customer.version
+            facts.append(interaction_after(item.envelope, customer_id, version))
+            versions[customer_id] = version + 1
+        return facts
 
     # -- logging -------------------------------------------------------------------------
     def _maybe_log(self) -> None:

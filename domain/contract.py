@@ -13,15 +13,16 @@ import re
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -272,8 +273,6 @@ class Envelope(_Open):
     source: str | None = None
     version: Annotated[int, _between(1, MAX_VERSION)] = 1
     data: dict[str, Any]
-    _canonical: dict[str, Any] | None = PrivateAttr(None)
-    _fingerprint: str | None = PrivateAttr(None)
 
     @field_validator("occurred_at", mode="before")
     @classmethod
@@ -286,16 +285,37 @@ class Envelope(_Open):
 
     def canonical(self) -> dict[str, Any]:
         """The content as a JSON-ready dict: times in UTC, absent and null fields alike."""
-        if self._canonical is None:
-            self._canonical = self.model_dump(mode="json", exclude_none=True)
         return self._canonical
 
     def fingerprint(self) -> str:
         """Hash of the content: the same `event_id` with another fingerprint is a conflict."""
-        if self._fingerprint is None:
-            text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            self._fingerprint = hashlib.sha256(text.encode()).hexdigest()
         return self._fingerprint
+
+    # Computed once, kept in the instance's __dict__ (pydantic ignores cached properties in
+    # equality and dumps; its private attributes cost ~10 µs a message to set up and read).
+    @cached_property
+    def _canonical(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @cached_property
+    def _fingerprint(self) -> str:
+        return hashlib.sha256(canonical_json(self._canonical)).hexdigest()
+
+
+def canonical_json(content: dict[str, Any]) -> bytes:
+    """Sorted keys, no spaces, UTF-8 as written: the bytes fingerprints are taken of. orjson
+    writes exactly what `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
+    writes for JSON-ready content (pinned by a test); what orjson refuses (an integer beyond 64
+    bits) goes to the stdlib, and so does a lone surrogate, which then fails as it always did."""
+    try:
+        return orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return text.encode()
+
+
+_DATA_FIELD = {"data"}
+_FIELDS_BEFORE_DATA = tuple(name for name in Envelope.model_fields if name != "data")
 
 
 def _describe(error: Any, prefix: str = "") -> str:
@@ -343,8 +363,9 @@ def _find_nul(obj: object, path: str = "") -> str | None:
     return None
 
 
-def validate_envelope(obj: object) -> Envelope:
-    """Validate one decoded JSON value against the contract (all broken rules at once)."""
+def validate_envelope(obj: object, may_hold_nul: bool = True) -> Envelope:
+    """Validate one decoded JSON value against the contract (all broken rules at once).
+    `may_hold_nul=False`: the caller knows no string in it holds U+0000."""
     if not isinstance(obj, dict):
         raise InvalidEvent(f"message must be a JSON object, not a JSON {_json_kind(obj)}")
     event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
@@ -367,7 +388,13 @@ def validate_envelope(obj: object) -> Envelope:
     try:
         # The typed, normalised data replaces the raw dict; set in place because the model is
         # frozen and a model_copy per message costs more than the validation.
-        envelope.__dict__["data"] = typed.model_dump(mode="json", exclude_none=True)
+        data = envelope.__dict__["data"] = typed.model_dump(mode="json", exclude_none=True)
+        # The canonical form without serialising `data` a second time: it is JSON-ready already.
+        head = envelope.model_dump(mode="json", exclude_none=True, exclude=_DATA_FIELD)
+        content = {k: head.pop(k) for k in _FIELDS_BEFORE_DATA if k in head}
+        content["data"] = data
+        content.update(head)  # the unknown extra fields, after the declared ones as model_dump puts them
+        envelope.__dict__["_canonical"] = content
         envelope.fingerprint()
     except UnicodeEncodeError:
         raise InvalidEvent(
@@ -377,7 +404,7 @@ def validate_envelope(obj: object) -> Envelope:
     except (ValueError, RecursionError) as exc:
         raise InvalidEvent(_not_serialisable(obj, exc), event_id=event_id) from None
     # After serialising: that bounds the nesting, so this recursive walk cannot overflow.
-    if nul := _find_nul(obj):
+    if may_hold_nul and (nul := _find_nul(obj)):
         raise InvalidEvent(f"{nul}: contains the character U+0000 (NUL), which text cannot hold", event_id=event_id)
     return envelope
 
@@ -420,7 +447,9 @@ def parse_envelope(raw: bytes | str) -> Envelope:
     obj, end = decode_json(text, 0)
     if text[end:].strip():
         raise InvalidEvent(f"message is not valid JSON: extra data after the value at character {end}")
-    return validate_envelope(obj)
+    # JSON text can only carry a NUL as the escape \u0000 (the decoder rejects raw control
+    # characters in strings): without that text, the walk over every string is not needed.
+    return validate_envelope(obj, may_hold_nul="\\u0000" in text)
 
 
 def _reject_constant(name: str) -> object:

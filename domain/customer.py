@@ -72,18 +72,7 @@ class Customer(Aggregate):
 
     def record(self, envelope: Envelope) -> None:
         """Record one validated interaction as a new fact of this customer."""
-        content = envelope.canonical()
-        known = {"event_id", "type", "occurred_at", "customer", "source", "version", "data"}
-        self.trigger_event(
-            EVENT_CLASS_BY_TYPE[envelope.type],
-            event_id=envelope.event_id,
-            occurred_at=envelope.occurred_at,
-            source=envelope.source,
-            schema_version=envelope.version,
-            customer=content["customer"],
-            data=content["data"],
-            extra={k: v for k, v in content.items() if k not in known},
-        )
+        self.trigger_event(EVENT_CLASS_BY_TYPE[envelope.type], **interaction_fields(envelope))
 
     def note_identifiers(self, customer: dict[str, Any], occurred_at: datetime, event_id: str) -> None:
         email, phone, name = customer.get("email"), customer.get("phone"), customer.get("name")
@@ -106,6 +95,34 @@ EVENT_CLASS_BY_TYPE: dict[str, type[Customer.Interaction]] = {
 TYPE_BY_EVENT_CLASS: dict[type[Customer.Interaction], str] = {
     cls: name for name, cls in EVENT_CLASS_BY_TYPE.items()
 }
+
+
+_ENVELOPE_FIELDS = frozenset({"event_id", "type", "occurred_at", "customer", "source", "version", "data"})
+
+
+def interaction_fields(envelope: Envelope) -> dict[str, Any]:
+    """The fields of the fact recording one validated envelope (the same for every event type)."""
+    content = envelope.canonical()
+    return {
+        "event_id": envelope.event_id,
+        "occurred_at": envelope.occurred_at,
+        "source": envelope.source,
+        "schema_version": envelope.version,
+        "customer": content["customer"],
+        "data": content["data"],
+        "extra": {k: v for k, v in content.items() if k not in _ENVELOPE_FIELDS},
+    }
+
+
+def interaction_after(envelope: Envelope, customer_id: UUID, version: int) -> Customer.Interaction:
+    """The fact `Customer.record` adds to the customer whose stream is at `version`, made without
+    loading the customer: recording needs only the stream's version, which the event store's
+    unique (stream, version) key checks."""
+    event_class = EVENT_CLASS_BY_TYPE[envelope.type]
+    return event_class(  # type: ignore[call-arg]
+        originator_id=customer_id, originator_version=version + 1, timestamp=event_class.create_timestamp(),
+        **interaction_fields(envelope),
+    )
 
 
 @lru_cache(maxsize=65536)

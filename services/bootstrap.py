@@ -98,7 +98,7 @@ def ensure_schema(settings: Settings) -> None:
 def interaction_log(settings: Settings) -> InteractionLog:
     check_database(settings)
     with schema_lock(settings):
-        return InteractionLog(env=store_env(settings.database, settings.aggregate_cache_size))
+        return InteractionLog(env=store_env(settings.database), versions_kept=settings.aggregate_cache_size)
 
 
 def ingest_consumer(settings: Settings, store: InteractionLog | None = None, **consumer_overrides: Any) -> IngestConsumer:

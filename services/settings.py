@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     ingest_max_poll_records: int = Field(5000, ge=1, description="Messages per poll = per event-store transaction.")
     ingest_poll_timeout_ms: int = Field(500, ge=1, description="How long one poll waits for messages.")
     aggregate_cache_size: int = Field(
-        200_000, ge=0, description="Customers kept in memory by ingest (0: no cache)."
+        200_000, ge=0, description="Customers whose stream version ingest keeps in memory (0: none)."
     )
     projection_page_size: int = Field(2000, ge=1, description="Events the projector applies per transaction.")
     at_risk_days: int = Field(180, ge=1, description="Lifecycle: days since the last purchase before 'at_risk'.")

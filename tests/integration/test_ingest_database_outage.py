@@ -109,17 +109,17 @@ def test_a_batch_whose_commit_went_unanswered_is_counted_once(settings: Settings
     events = calls(customers, 40, 4)
     publish(settings, events)
     consumer = ingest_consumer(settings.model_copy(update={"ingest_max_poll_records": 10}), interaction_log(settings))
-    real_save = consumer.store.save
+    real_record = consumer.store.record
     cut = []
 
-    def save_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
-        result = real_save(*args, **kwargs)  # committed in PostgreSQL
+    def record_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+        result = real_record(*args, **kwargs)  # committed in PostgreSQL
         if not cut:
             cut.append(True)
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         return result
 
-    consumer.store.save = save_then_lose_the_answer  # type: ignore[method-assign]
+    consumer.store.record = record_then_lose_the_answer  # type: ignore[method-assign]
     drain(consumer, settings)
     consumer.store.close()
 

@@ -6,6 +6,7 @@ Each test starts from a valid envelope of one type (the contract's example) and 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from domain.contract import (
     MAX_MESSAGE_BYTES,
     Envelope,
     InvalidEvent,
+    canonical_json,
     customer_key_of,
     parse_envelope,
     validate_envelope,
@@ -1034,3 +1038,56 @@ def test_a_type_that_is_not_text_is_rejected_with_a_reason(bad_type: object) -> 
     with pytest.raises(InvalidEvent) as caught:
         validate_envelope(message)
     assert caught.value.reason.startswith("type:")
+
+
+# JSON-ready content as canonical() gives it: strings (any code point but lone surrogates, which
+# are refused before), integers of any size, booleans, null, lists and objects. No floats: the
+# decoder reads every JSON number with a fraction as Decimal, which the canonical form writes as text.
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+_JSON_READY = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | _TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_TEXT, children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(_TEXT, _JSON_READY, max_size=6))
+def test_the_canonical_bytes_are_those_the_stdlib_writes_so_fingerprints_never_change(content: dict[str, Any]) -> None:
+    """Fingerprints of events stored before orjson wrote the canonical form must still match:
+    a re-sent duplicate would otherwise be dead-lettered as a conflict."""
+    stdlib = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert canonical_json(content) == stdlib
+
+
+# Fingerprints of the contract's examples as stored since the first release (stdlib JSON + sha256).
+PINNED_FINGERPRINTS = {
+    "call": "da3053aaaef561fc8c7a3073a223d28824772b6448f649248430349a4c425cfc",
+    "email": "abe68bee75ce0a8efcc556c61de6967eef9347d6c642999114f0b4f6c3f2c571",
+    "purchase": "bcc8002ad3bbac79b3868a98c9b7cd0382a1299cf9ec153c7f3f344cb2a5836d",
+    "survey_response": "d3902e041f6965bb8861c1372cf10800c9911e175c5433029732af8fdfb8cb02",
+}
+
+
+@pytest.mark.parametrize("type_", list(PINNED_FINGERPRINTS))
+def test_fingerprints_are_pinned(type_: str) -> None:
+    assert parse_envelope(json.dumps(example(type_)).encode()).fingerprint() == PINNED_FINGERPRINTS[type_]
+
+
+def test_odd_text_and_big_integers_are_written_as_the_stdlib_writes_them() -> None:
+    odd = {"control": "\x00\x1f\x7f\u2028", "quote": '"\\', "big": 2**80, "emoji": "😀", "é": [True, None]}
+    stdlib = json.dumps(odd, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert canonical_json(odd) == stdlib
+    assert hashlib.sha256(stdlib).hexdigest() == hashlib.sha256(canonical_json(odd)).hexdigest()
+
+
+@pytest.mark.parametrize("type_", list(PINNED_FINGERPRINTS))
+def test_the_canonical_form_is_the_envelopes_json_dump_in_order(type_: str) -> None:
+    """validate_envelope builds the canonical form without dumping `data` twice: it must be what
+    pydantic's dump of the whole envelope gives, key order included (stored events keep it)."""
+    obj = example(type_)
+    obj["data"] = {**obj["data"], "meta": {"a": None, "b": [None, {"c": None}]}, "nil": None}
+    obj.update(trace={"y": None}, source=None, zz=None)
+    obj["customer"] = {**obj["customer"], "tier": None}
+    event = parse_envelope(json.dumps(obj).encode())
+    assert list(event.canonical().items()) == list(event.model_dump(mode="json", exclude_none=True).items())

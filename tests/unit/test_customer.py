@@ -11,7 +11,7 @@ import pytest
 from eventsourcing.application import Application
 
 from domain.contract import Envelope, parse_envelope
-from domain.customer import Customer, customer_id_for
+from domain.customer import Customer, customer_id_for, interaction_after
 from tests.unit.examples import CUSTOMER, DATA, example
 
 EVENT_CLASSES = {
@@ -291,3 +291,29 @@ def test_a_rebuilt_aggregate_goes_on_recording_where_it_left_off() -> None:
     assert again.interactions == 5
     assert again.name == "Ana Perera"  # the name recorded last is older
     assert again == rebuilt
+
+
+@pytest.mark.parametrize("type_", list(EVENT_CLASSES))
+def test_the_fact_made_without_loading_the_customer_is_stored_as_record_stores_it(type_: str) -> None:
+    """Ingest makes facts from a stream's version alone (`interaction_after`); they must be the
+    bytes `Customer.record` would have stored, and rebuild the same aggregate."""
+    app: Application[UUID] = Application(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    customer = a_customer_with_every_event_type()
+    app.save(customer)
+    made = envelope(type_, event_id="e9", occurred_at=at(9), extra_field={"kept": [1, "two"]})
+    fact = interaction_after(made, customer.id, customer.version)
+    customer.record(made)
+    (recorded,) = customer.collect_events()
+
+    def stored_without_timestamp(event: Any) -> tuple[Any, ...]:
+        stored = app.mapper.to_stored_event(event)
+        state = json.loads(stored.state)
+        del state["timestamp"]
+        return stored.originator_id, stored.originator_version, stored.topic, list(state.items())
+
+    assert type(fact) is type(recorded) is EVENT_CLASSES[type_]
+    assert stored_without_timestamp(fact) == stored_without_timestamp(recorded)
+    app.save(fact)
+    rebuilt = app.repository.get(customer.id)
+    assert rebuilt.modified_on == fact.timestamp
+    assert {**vars(rebuilt), "_modified_on": None} == {**vars(customer), "_modified_on": None}
