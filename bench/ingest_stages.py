@@ -80,7 +80,7 @@ def dump_params(stored: list[Any], envelopes: list[Any]) -> int:
         index = ([e.event_id for e in batch], [e.fingerprint() for e in batch],
                  [customer_id_for(e.customer_key) for e in batch], ["interactions"] * len(batch),
                  [0] * len(batch), list(range(len(batch))))
-        dumped = transformer.dump_sequence(index, [PyFormat.AUTO] * 6)
+        dumped = transformer.dump_sequence(index, [PyFormat.BINARY] * 6)
         size += sum(len(d) for d in dumped if d is not None)
     return size
 

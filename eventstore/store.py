@@ -133,7 +133,7 @@ class InteractionRecorder(PostgresProcessRecorder):
                 SQL(
                     "INSERT INTO {} (event_id, fingerprint, originator_id, source_topic, "
                     "source_partition, source_offset) SELECT * FROM unnest("
-                    "%s::text[], %s::text[], %s::uuid[], %s::text[], %s::int[], %s::bigint[])"
+                    "%b::text[], %b::text[], %b::uuid[], %b::text[], %b::int4[], %b::int8[])"
                 ).format(self.event_ids_table),
                 (
                     [r.event_id for r in event_ids], [r.fingerprint for r in event_ids],

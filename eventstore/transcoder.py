@@ -1,15 +1,24 @@
-"""The event store's transcoder: eventsourcing's JSON transcoder, decoding with orjson.
+"""The event store's transcoder: eventsourcing's JSON transcoder, decoding and encoding with orjson.
 
 Decoding stored events is a large share of the cost of every read model and of loading customers
 (the library's decoder calls a Python hook for every JSON object). orjson parses the bytes; the
 library's own `_decode_obj` then turns `{"_type_": ..., "_data_": ...}` objects into values,
 bottom-up, exactly as the library's `object_hook` would. Whatever orjson refuses (an integer
-beyond 64 bits, which it would read as a float) is decoded by the library's decoder. Encoding is the library's, unchanged.
+beyond 64 bits, which it would read as a float) is decoded by the library's decoder.
+
+Encoding goes through orjson only for what it writes byte for byte as the library's encoder does:
+a dict whose values are strings, integers, booleans, nulls, and lists and string-keyed dicts of
+those, or (at the top) a datetime or Decimal, which are handed to the library's transcodings. An
+event's state is that (its content is the canonical JSON form of the envelope). Anything else
+(floats, UUIDs, enums, str subclasses, integers beyond 64 bits, lone surrogates) is encoded by the
+library's encoder: orjson would write some of those differently.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -21,7 +30,34 @@ from eventsourcing.persistence import JSONTranscoder
 _LONG_INTEGER = re.compile(rb"[:\[,]\s*-?\d{19}")
 
 
+_PLAIN_LEAVES = frozenset({str, int, bool, type(None)})
+_TRANSCODED_AT_TOP = frozenset({datetime, Decimal})  # orjson hands these to `default`
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _plain(value: Any) -> bool:
+    """Only values both encoders write alike: JSON's own types, no floats, string keys."""
+    kind = type(value)
+    if kind in _PLAIN_LEAVES:
+        return True
+    if kind is dict:
+        return all(type(key) is str and _plain(item) for key, item in value.items())
+    if kind is list:
+        return all(_plain(item) for item in value)
+    return False
+
+
 class FastJSONTranscoder(JSONTranscoder):
+    def encode(self, obj: Any) -> bytes:
+        if type(obj) is dict and all(
+            type(key) is str and (type(value) in _TRANSCODED_AT_TOP or _plain(value)) for key, value in obj.items()
+        ):
+            try:
+                return orjson.dumps(obj, default=self._encode_obj, option=_ORJSON_OPTIONS)
+            except orjson.JSONEncodeError:
+                pass  # an integer beyond 64 bits, a lone surrogate, too deep: the library's encoder says
+        return super().encode(obj)
+
     def decode(self, data: bytes) -> Any:
         if _LONG_INTEGER.search(data):
             return super().decode(data)

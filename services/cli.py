@@ -41,7 +41,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from services.bootstrap import ingest_consumer
 
     stop = _stop_on_signals()
-    ingest_consumer(settings).run(stop)
+    consumer = ingest_consumer(settings)
+    tune_garbage_collector()
+    consumer.run(stop)
     return 0
 
 
@@ -60,8 +62,8 @@ def cmd_projector(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def tune_garbage_collector() -> None:
-    """Pages make many short-lived objects and few cycles: collect less often, and never scan the
-    objects made at start-up (modules, settings) again."""
+    """Batches and pages make many short-lived objects and few cycles: collect less often, and
+    never scan the objects made at start-up (modules, settings) again."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
