@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from services.processes import Processes
 
     with Processes() as processes:
-        processes.start_all(["ingest", "projector", "api"])
+        processes.start_all(["ingest"] * settings.ingest_processes + ["projector", "api"])
         return processes.wait()
 
 

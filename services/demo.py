@@ -94,7 +94,7 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
         print_report(rebuild(settings, store, name))
 
     with Processes() as processes:
-        processes.start_all(["ingest", "projector", "api"])
+        processes.start_all(["ingest"] * settings.ingest_processes + ["projector", "api"])
         targets = end_offsets(settings)
         total = sum(targets.values())
 

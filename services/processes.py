@@ -17,7 +17,11 @@ class Processes:
         self._stopping = False
 
     def start(self, command: str, *args: str) -> None:
-        self.children[command] = subprocess.Popen([sys.executable, "-m", "services.cli", command, *args])
+        name, copies = command, 1
+        while name in self.children:  # several of one command (ingest processes): `ingest #2`, ...
+            copies += 1
+            name = f"{command} #{copies}"
+        self.children[name] = subprocess.Popen([sys.executable, "-m", "services.cli", command, *args])
 
     def start_all(self, commands: list[str]) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     consumer_group: str = Field("rapport-ingest", description="Kafka consumer group of the ingest processes.")
     ingest_max_poll_records: int = Field(5000, ge=1, description="Messages per poll = per event-store transaction.")
     ingest_poll_timeout_ms: int = Field(500, ge=1, description="How long one poll waits for messages.")
+    ingest_processes: int = Field(
+        1, ge=1, le=64, description="`rapport ingest` processes that `rapport run` and `rapport demo` start "
+                                    "(one consumer group: each takes a share of the partitions)."
+    )
     aggregate_cache_size: int = Field(
         200_000, ge=0, description="Customers whose stream version ingest keeps in memory (0: none)."
     )
