@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from kafka.admin import KafkaAdminClient
 
 from services.settings import Settings
 from tests.conftest import settings_env
@@ -45,10 +46,11 @@ def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[str]:
-    """`rapport run` (ingest, projector, API) on this test's topic; the API's base URL."""
+    """`rapport run` (two ingest processes, projector, API) on this test's topic; the API's base URL."""
     port = free_port()
     settings = settings.model_copy(update={"api_port": port})
-    with serving("run", settings_env(settings), port) as base:
+    # Two ingest processes, as a busy installation runs them: every test here goes through both.
+    with serving("run", settings_env(settings, RAPPORT_INGEST_PROCESSES="2"), port) as base:
         yield base
 
 
@@ -214,3 +216,19 @@ def test_customer_ids_with_slashes_and_unicode_are_found(settings: Settings, api
     url = f"{api}/customers/{urllib.parse.quote(customer)}"
     status, body = wait_for(lambda: (r := http("GET", url))[0] == 200 and r, timeout=60, what="the customer")
     assert body["customer_id"] == customer
+
+
+def test_the_ingest_processes_of_rapport_run_share_the_partitions(settings: Settings, api: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers)
+    try:
+        def assignments() -> list[Any] | None:
+            group = admin.describe_groups([settings.consumer_group])[settings.consumer_group]
+            members = group["members"]
+            return members if group["group_state"] == "Stable" and len(members) == 2 else None
+
+        members = wait_for(assignments, timeout=60, what="two ingest processes in the consumer group")
+    finally:
+        admin.close()
+    owned = [sorted(p for assigned in member["member_assignment"]["assigned_partitions"] for p in assigned["partitions"])
+             for member in members]
+    assert all(owned) and sorted(p for partitions in owned for p in partitions) == list(range(6)), owned
