@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -147,15 +148,33 @@ def projector(settings: Settings, store: InteractionLog | None = None, only: lis
 def read_pool(settings: Settings, max_size: int = 8, timeout: float = 0.5) -> ConnectionPool:
     """Connections for queries of the read models (autocommit, dict rows).
 
-    Each connection is checked before it is handed out: a restarted PostgreSQL leaves closed ones
-    in the pool, which are replaced, so the API recovers by itself. A request waits at most
-    `timeout` seconds for a connection, then the API answers 503 with Retry-After
-    (services/http/errors.py) instead of holding it for the pool's default 30 s. A connection is
-    normally handed out at once; while the database is away the pool retries connecting after
-    1 s, 2 s, 4 s…, and requests in between are answered 503 promptly."""
+    Each connection is checked before it is handed out (`check_idle_connection`): a restarted
+    PostgreSQL leaves closed ones in the pool, which are replaced, so the API recovers by itself. A
+    request waits at most `timeout` seconds for a connection, then the API answers 503 with
+    Retry-After (services/http/errors.py) instead of holding it for the pool's default 30 s. A
+    connection is normally handed out at once; while the database is away the pool retries
+    connecting after 1 s, 2 s, 4 s…, and requests in between are answered 503 promptly."""
     check_database(settings)
     return ConnectionPool(
         conninfo(settings), min_size=1, max_size=max_size, open=True, timeout=timeout,
-        check=ConnectionPool.check_connection,
+        check=check_idle_connection,
         kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 5},
     )
+
+
+def readable_now(fd: int) -> bool:
+    """Whether the socket has something to read (or is closed) at once (poll: any fd number)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before handing out an idle connection, without a round trip when it is
+    sound: an idle connection has nothing to read, unless the server closed it (a restart or a
+    terminated backend: a FATAL message, then end of file) or sent a notice. Then, and when psycopg
+    already knows it closed, the library's check (an empty query) decides, and raises if broken."""
+    if not conn.closed and conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        if not readable_now(conn.fileno()):
+            return
+    ConnectionPool.check_connection(conn)

@@ -72,14 +72,20 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from services.bootstrap import ensure_schema
-    from services.http.app import create_app
 
     ensure_schema(settings)  # also a clear message if PostgreSQL is not there
+    host, port = args.host or settings.api_host, args.port or settings.api_port
+    workers = args.workers or settings.api_workers
+    if workers > 1:
+        return _serve_workers(uvicorn.Config(
+            "services.cli:api_worker_app", factory=True, host=host, port=port, workers=workers,
+            log_level=settings.log_level.lower(),
+        ))
 
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(settings), host=args.host or settings.api_host, port=args.port or settings.api_port,
-        log_level=settings.log_level.lower(),
-    ))
+    from services.http.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
+                                           log_level=settings.log_level.lower()))
 
     def stop(signum: int, _frame: object) -> None:
         if not server.should_exit:
@@ -97,6 +103,52 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     # Not started: the port was taken or start-up failed (uvicorn logged why); `uvicorn.run`
     # exits 3 then too.
     return 0 if server.started else 3
+
+
+def api_worker_app() -> object:
+    """The app of one API worker process (`RAPPORT_API_WORKERS` > 1): uvicorn starts each worker
+    with a fresh interpreter, which reads the same environment and logs the same way."""
+    from services.http.app import create_app
+
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings)
+
+
+def _serve_workers(config: object) -> int:
+    """Serve with uvicorn's supervisor: one listening socket, `workers` processes accepting on it,
+    each with its own read pool; a worker that dies is replaced. SIGTERM or SIGINT stops them all
+    gracefully (each finishes the requests it has) and the exit code is 0; 3 if they could not start."""
+    from uvicorn.supervisors import Multiprocess
+
+    requested: list[int] = []
+
+    def early(signum: int, _frame: object) -> None:
+        requested.append(signum)
+
+    signal.signal(signal.SIGTERM, early)  # until the supervisor installs its own handlers
+    signal.signal(signal.SIGINT, early)
+
+    class Supervisor(Multiprocess):
+        def handle_int(self) -> None:
+            requested.append(signal.SIGINT)
+            super().handle_int()
+
+        def handle_term(self) -> None:
+            requested.append(signal.SIGTERM)
+            super().handle_term()
+
+    try:
+        sock = config.bind_socket()  # type: ignore[attr-defined]
+    except SystemExit:  # uvicorn logged why (the port is taken)
+        return 3
+    supervisor = Supervisor(config, sockets=[sock])  # type: ignore[arg-type]
+    if requested:
+        sock.close()
+        return 0
+    supervisor.run()
+    sock.close()
+    return 0 if requested else 3
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -167,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", help="address to bind (default RAPPORT_API_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default RAPPORT_API_PORT, 8000)")
+    p.add_argument("--workers", type=int, help="worker processes (default RAPPORT_API_WORKERS, 2)")
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("run", help="run ingest, projector and API together until Ctrl-C",
@@ -198,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # kafka-python warns about routine things (no group on a metadata-only consumer, joins).
+    logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLogger().level))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stack"]:  # everything after it, --help included, is the script's
@@ -210,13 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - reported, with the variable names
         print(f"rapport: invalid settings:\n{describe_settings_errors(error)}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # kafka-python warns about routine things (no group on a metadata-only consumer, joins).
-    logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLogger().level))
+    configure_logging(settings)
     from consumers.ingest import MissingOffsets
     from services.bootstrap import ServiceUnavailable
 

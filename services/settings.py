@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     churn_days: int = Field(365, ge=1, description="Lifecycle: days since the last interaction before 'churned'.")
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     api_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP API.")
+    api_workers: int = Field(2, ge=1, le=64, description="Processes serving the HTTP API (each with its own "
+                                                         "connection pool); about one per CPU core.")
+    api_pool_size: int = Field(8, ge=1, le=100, description="PostgreSQL connections of each API process.")
     log_level: str = Field("INFO", description="Python logging level.")
 
     @field_validator("database_url")

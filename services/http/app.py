@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.http import customers, errors, events, lifecycle, operations, satisfaction
+from services.http.lookup import CustomerLookup
 from services.http.resources import Resources
 from services.settings import Settings
 
@@ -18,7 +19,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.resources = Resources(settings)
+        await app.state.resources.open_async()
         yield
+        await app.state.resources.close_async()
         app.state.resources.close()
 
     app = FastAPI(
@@ -28,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "lifecycle and satisfaction read models.",
         lifespan=lifespan,
     )
+    app.add_middleware(CustomerLookup)  # inside errors' JSONServerErrors: a database error is a 503
     errors.install(app)
     app.include_router(events.router)
     # Routes under /customers/{id}/... come before /customers/{id:path}, which would swallow them.

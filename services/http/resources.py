@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from typing import Annotated, Any
 
+import psycopg
 from fastapi import Depends, Request
-from psycopg_pool import ConnectionPool
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from consumers.ingest import kafka_producer
-from services.bootstrap import ServiceUnavailable, check_kafka, ensure_schema, read_pool
+from services.bootstrap import ServiceUnavailable, check_kafka, conninfo, ensure_schema, read_pool, readable_now
 from services.settings import Settings
 
 log = logging.getLogger("rapport.api")
@@ -23,11 +26,14 @@ class Resources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         ensure_schema(settings)  # queries never meet a missing table, even on a new database
-        self.pool: ConnectionPool = read_pool(settings)
+        self.pool: ConnectionPool = read_pool(settings, max_size=settings.api_pool_size)
+        # For the hot path of GET /customers/{id} (services/http/lookup.py), opened by `open_async`.
+        self.async_pool: AsyncConnectionPool | None = None
         self._producer: Any = None
         self._kafka_checked: tuple[float, str] = (0.0, "")
         self._lock = threading.Lock()
         self._checking_pool = False
+        self._async_check: asyncio.Task[None] | None = None
 
     @property
     def producer(self) -> Any:
@@ -68,11 +74,46 @@ class Resources:
                 self._checking_pool = False
 
         threading.Thread(target=check, name="read-pool-check", daemon=True).start()
+        if self.async_pool is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._async_check = loop.create_task(self._check_async_pool())
+
+    async def _check_async_pool(self) -> None:
+        try:
+            await self.async_pool.check()  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - the pool keeps trying on its own; nothing to add
+            log.debug("checking the asyncio read pool failed", exc_info=True)
+
+    async def open_async(self) -> None:
+        """Open the asyncio read pool in the server's event loop: the same connections as `pool`
+        (autocommit, dict rows, checked before use, 503 after `timeout`)."""
+        self.async_pool = AsyncConnectionPool(
+            conninfo(self.settings), min_size=1, max_size=self.settings.api_pool_size, open=False,
+            timeout=self.pool.timeout, check=check_idle_async_connection,
+            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 5},
+        )
+        await self.async_pool.open()
+
+    async def close_async(self) -> None:
+        if self.async_pool is not None:
+            await self.async_pool.close()
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=5)
         self.pool.close()
+
+
+async def check_idle_async_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """`services.bootstrap.check_idle_connection` for the asyncio pool: no round trip when the
+    idle connection has nothing to read; the library's check otherwise."""
+    if not conn.closed and conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        if not readable_now(conn.fileno()):
+            return
+    await AsyncConnectionPool.check_connection(conn)
 
 
 def resources(request: Request) -> Resources:
