@@ -80,6 +80,7 @@ from bench.ingest import (  # noqa: E402
 from eventstore import tables  # noqa: E402
 from projections.runner import PARKED_TABLE, TRACKING_TABLE, UNAVAILABLE, tracking_name  # noqa: E402
 from services import bootstrap  # noqa: E402
+from services.cli import tune_garbage_collector  # noqa: E402
 from services.settings import Settings  # noqa: E402
 from services.topics import delete_topics, ensure_topics  # noqa: E402
 
@@ -305,8 +306,11 @@ def reset_read_models(settings: Settings) -> None:
             conn.execute(f"DELETE FROM {PARKED_TABLE} WHERE read_model = ANY(%s)", (names,))
 
 
-def run_catch_up(settings: Settings, store: Any, head: int, desc: str) -> tuple[Any, float]:
+def run_catch_up(settings: Settings, store: Any, head: int, desc: str,
+                 catch_up_events: int | None = None) -> tuple[Any, float]:
     projector = bootstrap.projector(settings, store)  # all read models, tables created
+    if catch_up_events is not None:
+        projector.catch_up_events = catch_up_events
     if any(projector.positions().values()):
         raise RuntimeError(f"read models not at position 0: {projector.positions()}")
     with tqdm(total=head, desc=desc, unit="ev", file=sys.stderr) as bar:
@@ -321,13 +325,15 @@ def run_catch_up(settings: Settings, store: Any, head: int, desc: str) -> tuple[
     return projector, elapsed
 
 
-def catch_up(settings: Settings, store: Any, head: int, conninfo: str) -> dict[str, Any]:
+def catch_up(settings: Settings, store: Any, head: int, conninfo: str,
+             catch_up_events: int | None = None) -> dict[str, Any]:
     reset_read_models(settings)
     gc.collect()
+    tune_garbage_collector()  # as `rapport projector` does
     rss_before, peak_before = _rss_mb(), _peak_rss_mb()
     hwm_reset = _reset_peak_rss()  # also resets ru_maxrss: the process's peak so far is kept above
     with CpuMeter(conninfo) as cpu:
-        projector, elapsed = run_catch_up(settings, store, head, "catch-up (all read models)")
+        projector, elapsed = run_catch_up(settings, store, head, "catch-up (all read models)", catch_up_events)
     applied = projector.applied
     models = {name: {"events": s.events, "seconds": s.seconds, "parked": s.parked,
                      "eps": s.events / s.seconds if s.seconds else float("nan")}
@@ -335,6 +341,7 @@ def catch_up(settings: Settings, store: Any, head: int, conninfo: str) -> dict[s
     applying = sum(m["seconds"] for m in models.values())
     return {
         "catch_up_s": elapsed, "catch_up_notifications": applied, "all_eps": applied / elapsed,
+        "catch_up_events_per_transaction": projector.catch_up_events,
         "catch_up_pages": -(-applied // projector.page_size),
         "models": models, "per_model_eps": {name: m["eps"] for name, m in models.items()},
         "decode_seconds": projector.decode_seconds,
@@ -343,6 +350,9 @@ def catch_up(settings: Settings, store: Any, head: int, conninfo: str) -> dict[s
         # waited for (a projector that reads ahead on another thread hides some of it).
         "catch_up_outside_apply_s": elapsed - applying,
         **cpu.figures("catch_up"),
+        # CPU per event, whoever else shares the machine: the fairer figure on a busy one.
+        "catch_up_process_cpu_us_per_event": cpu.own / applied * 1e6,
+        "catch_up_postgres_cpu_us_per_event": cpu.postgres / applied * 1e6,
         "catch_up_rss_before_mb": rss_before, "peak_rss_before_catch_up_mb": peak_before,
         "catch_up_peak_rss_mb": _process_rss_mb(os.getpid(), "VmHWM") if hwm_reset else float("nan"),
     }
@@ -624,10 +634,11 @@ def api_latency(settings: Settings, conninfo: str, rate: float, duration: float,
 
 # --- 5. the profiled catch-up -----------------------------------------------------------------
 
-def profiled_catch_up(settings: Settings, store: Any, head: int, directory: Path) -> dict[str, Any]:
+def profiled_catch_up(settings: Settings, store: Any, head: int, directory: Path,
+                      catch_up_events: int | None = None) -> dict[str, Any]:
     reset_read_models(settings)
     with _profiled(directory, "catch_up"):
-        projector, elapsed = run_catch_up(settings, store, head, "catch-up under cProfile")
+        projector, elapsed = run_catch_up(settings, store, head, "catch-up under cProfile", catch_up_events)
     path = directory / "catch_up.prof"
     return {"profile_path": str(path), "profiled_catch_up_s": elapsed,
             "profiled_all_eps": projector.applied / elapsed}
@@ -699,7 +710,8 @@ def _table(r: dict[str, Any]) -> str:
         ingest_note += f"; measured when loaded ({r.get('loaded_at', '?')[:19]}), reused now"
     lines = [
         f"Rapport projections benchmark: {n:,} interaction events + {r['customers']:,} Registered = {notes:,} "
-        f"stored events; page size {r['page_size']}; {r['machine']['cpus']} CPUs, load average at start "
+        f"stored events; page size {r['page_size']}, up to {r['catch_up_events_per_transaction']:,} events per "
+        f"transaction while far behind; {r['machine']['cpus']} CPUs, load average at start "
         f"{r['machine']['loadavg_start']}",
         f"{'phase':<40}{'seconds':>10}{'events/s':>12}  notes",
     ]
@@ -727,9 +739,11 @@ def _table(r: dict[str, Any]) -> str:
         f"{r['notifications'] / r['decode_seconds']:>12,.0f}  = {r['decode_seconds'] / r['catch_up_s']:.0%} of wall; "
         "on a read-ahead thread it overlaps apply",
         f"{'  CPU: this process':<40}{r['catch_up_process_cpu_s']:>10.1f}{'':>12}  "
-        f"{r['catch_up_process_cpu_s'] / r['catch_up_s']:.0%} of wall (Python, psycopg, its threads)",
+        f"{r['catch_up_process_cpu_s'] / r['catch_up_s']:.0%} of wall (Python, psycopg, its threads); "
+        f"{r['catch_up_process_cpu_us_per_event']:.0f} µs per event",
         f"{'  CPU: PostgreSQL backends of the db':<40}{r['catch_up_postgres_cpu_s']:>10.1f}{'':>12}  "
-        f"{r['catch_up_postgres_cpu_s'] / r['catch_up_s']:.0%} of wall (incl. autovacuum seen)",
+        f"{r['catch_up_postgres_cpu_s'] / r['catch_up_s']:.0%} of wall (incl. autovacuum seen); "
+        f"{r['catch_up_postgres_cpu_us_per_event']:.0f} µs per event",
         f"{'  machine: cores busy (of ' + str(r['machine']['cpus']) + ')':<40}"
         f"{r['catch_up_machine_busy_cores']:>10.2f}{'':>12}  of which other processes "
         f"{r['catch_up_other_busy_cores']:.2f}",
@@ -790,6 +804,8 @@ def parse_args(argv: list[str] | None, defaults: Settings) -> argparse.Namespace
     p.add_argument("--customers", type=int, default=None, help="customers (default events/25)")
     p.add_argument("--page-size", type=int, default=defaults.projection_page_size,
                    help=f"projection events per transaction (default {defaults.projection_page_size})")
+    p.add_argument("--catch-up-events", type=int, default=None, metavar="N",
+                   help="events per transaction while far behind (default: the projector's own; 0: page by page)")
     p.add_argument("--database", default=DATABASE, help=f"throwaway database (default {DATABASE})")
     p.add_argument("--seed", type=int, default=7, help="data set seed (default 7)")
     p.add_argument("--rate", type=float, default=100.0, help="offered API requests per second (default 100)")
@@ -872,7 +888,8 @@ def main(argv: list[str] | None = None) -> int:
         head = store.recorder.max_notification_id() or 0
 
         def measure() -> dict[str, Any]:
-            return baseline(store, args.page_size, head, conninfo) | catch_up(settings, store, head, conninfo)
+            return baseline(store, args.page_size, head, conninfo) | catch_up(settings, store, head, conninfo,
+                                                                              args.catch_up_events)
 
         r |= _again_if_postgres_went_away("baseline and catch-up", measure, args.retries, settings)
         r["all_interactions_eps"] = r["events"] / r["catch_up_s"]
@@ -894,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile is not None:
             try:  # optional: its failure leaves the figures above standing
                 r |= _again_if_postgres_went_away("profiled catch-up", lambda: profiled_catch_up(
-                    settings, store, head, args.profile), args.retries, settings)
+                    settings, store, head, args.profile, args.catch_up_events), args.retries, settings)
                 profile_text = profile_report(r["profile_path"])
             except UNAVAILABLE as error:
                 r["profile_error"] = f"PostgreSQL went away {args.retries + 1} times: {str(error).strip()}"

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from domain.rules import nps_category
@@ -34,6 +35,23 @@ class LifecycleThresholds:
 
     at_risk_days: int = 180
     churn_days: int = 365
+
+    # Made once per settings, not once per fact.
+    @cached_property
+    def at_risk_after(self) -> timedelta:
+        return timedelta(days=self.at_risk_days)
+
+    @cached_property
+    def churn_after(self) -> timedelta:
+        return timedelta(days=self.churn_days)
+
+    @cached_property
+    def at_risk_reason(self) -> str:
+        return f"no purchase for {self.at_risk_days} days"
+
+    @cached_property
+    def churn_reason(self) -> str:
+        return f"no interaction for {self.churn_days} days"
 
 
 @dataclass(frozen=True)
@@ -103,11 +121,11 @@ class _Summary:
     def stage_at(self, at: datetime, thresholds: LifecycleThresholds) -> Stage:
         """Contract §4: the first rule that holds gives the stage."""
         assert self.last_interaction_at is not None
-        if at - self.last_interaction_at > timedelta(days=thresholds.churn_days):
+        if at - self.last_interaction_at > thresholds.churn_after:
             return Stage.CHURNED
         if is_alarm_answer(self.latest_survey_kind, self.latest_survey_score):
             return Stage.AT_RISK
-        if self.last_purchase_at is not None and at - self.last_purchase_at > timedelta(days=thresholds.at_risk_days):
+        if self.last_purchase_at is not None and at - self.last_purchase_at > thresholds.at_risk_after:
             return Stage.AT_RISK
         if self.purchases >= 2:
             return Stage.ADVOCATE if nps_category(self.latest_nps) == "promoter" else Stage.RETAINED
@@ -116,12 +134,11 @@ class _Summary:
     def threshold_moments(self, thresholds: LifecycleThresholds) -> list[tuple[datetime, str]]:
         """Moments after which the passing of time alone can change the stage, with the reason."""
         assert self.last_interaction_at is not None
-        moments = [(self.last_interaction_at + timedelta(days=thresholds.churn_days),
-                    f"no interaction for {thresholds.churn_days} days")]
-        if self.last_purchase_at is not None:
-            moments.append((self.last_purchase_at + timedelta(days=thresholds.at_risk_days),
-                            f"no purchase for {thresholds.at_risk_days} days"))
-        return sorted(moments)
+        churn = (self.last_interaction_at + thresholds.churn_after, thresholds.churn_reason)
+        if self.last_purchase_at is None:
+            return [churn]
+        at_risk = (self.last_purchase_at + thresholds.at_risk_after, thresholds.at_risk_reason)
+        return [churn, at_risk] if churn <= at_risk else [at_risk, churn]
 
 
 _JUST_AFTER = timedelta(microseconds=1)

@@ -10,8 +10,7 @@ The lifecycle stage comes from the `lifecycle` read model.
 
 from __future__ import annotations
 
-from decimal import Decimal, localcontext
-from typing import Any
+from decimal import Decimal
 
 from domain.contract import EVENT_TYPES
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer
@@ -81,6 +80,14 @@ PRODUCTS = Table(
 
 _AT = {name: CUSTOMERS.position(name) for name in CUSTOMERS.column_names}
 _EMPTY_ROW = [0 if c.merge is Merge.SUM else None for c in CUSTOMERS.columns]
+# Column positions, looked up once (the handler runs for every event).
+_CUSTOMER_ID, _NAME, _NAME_AT, _NAME_EVENT_ID = (_AT[c] for c in ("customer_id", "name", "name_at", "name_event_id"))
+_EMAILS, _PHONES, _FIRST_SEEN, _LAST_SEEN = (_AT[c] for c in ("emails", "phones", "first_seen_at", "last_seen_at"))
+_NPS_CATEGORY, _NPS_SUM, _NPS_RESPONSES = (_AT[c] for c in ("last_nps_category", "nps_sum", "nps_responses"))
+_BY_TYPE = {t: (_AT[count_column(t)], _AT[last_column(t)]) for t in EVENT_TYPES}
+_INBOUND = {t: (_AT[f"inbound_{t}s"], _AT[f"last_inbound_{t}_at"]) for t in ("call", "email")}
+_SURVEY = {kind: (_AT[f"last_{kind}_score"], _AT[f"last_{kind}_at"], _AT[f"last_{kind}_event_id"])
+           for kind in ("nps", "csat")}
 
 
 VIEWS = (
@@ -115,35 +122,33 @@ class Customer360(MergeReadModel):
     tables = (CUSTOMERS, REVENUE, PRODUCTS)
     views = VIEWS
     handlers = {cls: "on_interaction" for cls in TYPE_BY_EVENT_CLASS}
-
-    def apply(self, curs: Any, events: Any) -> None:
-        with localcontext(MONEY_CONTEXT):  # sums of bounded amounts stay exact
-            super().apply(curs, events)
+    decimal_context = MONEY_CONTEXT  # sums of bounded amounts stay exact
 
     def on_interaction(self, event: Customer.Interaction, rows: Rows) -> None:
         event_type = TYPE_BY_EVENT_CLASS[type(event)]
-        customer, data, at = event.customer, event.data, event.occurred_at
+        customer, data, at, customer_id = event.customer, event.data, event.occurred_at, event.customer_key
         row = list(_EMPTY_ROW)
-        row[_AT["customer_id"]] = event.customer_key
-        if customer.get("name"):
-            row[_AT["name"]], row[_AT["name_at"]], row[_AT["name_event_id"]] = customer["name"], at, event.event_id
-        row[_AT["emails"]] = {customer["email"]} if customer.get("email") else set()
-        row[_AT["phones"]] = {customer["phone"]} if customer.get("phone") else set()
-        row[_AT["first_seen_at"]] = row[_AT["last_seen_at"]] = at
-        row[_AT[count_column(event_type)]] = 1
-        row[_AT[last_column(event_type)]] = at
-        if data.get("direction") == "inbound" and event_type in ("call", "email"):
-            row[_AT[f"inbound_{event_type}s"]] = 1
-            row[_AT[f"last_inbound_{event_type}_at"]] = at
+        row[_CUSTOMER_ID] = customer_id
+        if name := customer.get("name"):
+            row[_NAME], row[_NAME_AT], row[_NAME_EVENT_ID] = name, at, event.event_id
+        email, phone = customer.get("email"), customer.get("phone")
+        row[_EMAILS] = {email} if email else set()
+        row[_PHONES] = {phone} if phone else set()
+        row[_FIRST_SEEN] = row[_LAST_SEEN] = at
+        count, last = _BY_TYPE[event_type]
+        row[count], row[last] = 1, at
+        if event_type in _INBOUND and data.get("direction") == "inbound":
+            count, last = _INBOUND[event_type]
+            row[count], row[last] = 1, at
         if event_type == "survey_response":
             kind, score = data["kind"], int(data["score"])
-            group = f"last_{kind}"
-            row[_AT[f"{group}_score"]], row[_AT[f"{group}_at"]], row[_AT[f"{group}_event_id"]] = score, at, event.event_id
+            score_at, answer_at, answer_event_id = _SURVEY[kind]
+            row[score_at], row[answer_at], row[answer_event_id] = score, at, event.event_id
             if kind == "nps":
-                row[_AT["last_nps_category"]] = nps_category(score)
-                row[_AT["nps_sum"]], row[_AT["nps_responses"]] = score, 1
+                row[_NPS_CATEGORY] = nps_category(score)
+                row[_NPS_SUM], row[_NPS_RESPONSES] = score, 1
         rows["customer_360"].append(row)
         if event_type == "purchase":
-            rows["customer_360_revenue"].append((event.customer_key, data["currency"], Decimal(data["amount"]), 1))
+            rows["customer_360_revenue"].append((customer_id, data["currency"], Decimal(data["amount"]), 1))
             for item in data.get("items") or ():
-                rows["customer_360_products"].append((event.customer_key, item["sku"]))
+                rows["customer_360_products"].append((customer_id, item["sku"]))

@@ -1,10 +1,11 @@
 """Read model `lifecycle`: each customer's stage history as intervals in event time (contract §3b, §4).
 
 Recomputed per customer, not merged: `domain.lifecycle.LifecycleFold` gives the intervals, and
-this module stores them. The fold of each customer is kept (`lifecycle_folds`), so a page whose
-facts are all later than the customer's latest fact continues it and rewrites only the current
-interval and those after it; a late fact (earlier than the latest) folds the customer's facts
-(`lifecycle_facts`) again. Either way the intervals are what §4 gives from all the events.
+this module stores them. The fold of each customer is kept (`lifecycle_folds`), so a batch (a
+page, or many pages while the projector catches up) whose facts are all later than the customer's
+latest fact continues it and rewrites only the current interval and those after it, once per
+batch; a late fact (earlier than the latest) folds the customer's facts (`lifecycle_facts`) again.
+Either way the intervals are what §4 gives from all the events.
 
 The intervals run into the future (the moments thresholds pass are known from the facts). The
 number of customers in each stage at any time T comes from `lifecycle_stage_days` (per UTC day and
@@ -15,14 +16,30 @@ reads a few thousand small rows, whatever the number of customers, and folds no 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
+
+import orjson
+from psycopg.types.json import Jsonb
 
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer
 from domain.lifecycle import LifecycleFact, LifecycleFold, StageInterval
-from projections.readmodel import LIVE_SCHEMA, Column, MergeTable, ModelSettings, ReadModel, Table, View, key, summed
+from projections.readmodel import (
+    LIVE_SCHEMA,
+    Batch,
+    Column,
+    FunctionBatch,
+    Merged,
+    MergeTable,
+    ModelSettings,
+    ReadModel,
+    Table,
+    View,
+    key,
+    summed,
+)
 
 NAME = "lifecycle"
 
@@ -122,25 +139,41 @@ class Lifecycle(ReadModel):
         super().__init__(schema, settings)
         self.thresholds = self.settings.thresholds
         self._upsert_folds = FOLDS.insert_sql(schema, "DO UPDATE SET fold = excluded.fold")
-        columns = [c.name for c in INTERVALS.columns if c.name != "during"]
-        arrays = ", ".join(f"%b::{c.type}[]" for c in INTERVALS.columns if c.name != "during")
+        self._interval_columns = [c.name for c in INTERVALS.columns if c.name != "during"]
+        columns = ", ".join(self._interval_columns)
         self._insert_intervals = (
-            f"INSERT INTO {self.t(INTERVALS.name)} ({', '.join(columns)}, during)\n"
-            f"SELECT {', '.join('d.' + c for c in columns)}, tstzrange(d.starts_at, d.ends_at, '[)')\n"
-            f"FROM unnest({arrays}) AS d({', '.join(columns)})"
+            f"WITH d AS (DELETE FROM {INTERVALS.staging(schema)} RETURNING *)\n"
+            f"INSERT INTO {self.t(INTERVALS.name)} ({columns}, during)\n"
+            f"SELECT {columns}, tstzrange(starts_at, ends_at, '[)') FROM d ORDER BY customer_id, seq"
         )
         self._stage_days = MergeTable(STAGE_DAYS)
         self._upsert_stage_days = self._stage_days.upsert_sql(schema)
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
+        batch = self.batch(curs)
+        batch.add(events)
+        batch.finish()
+
+    def batch(self, curs: Any) -> Batch:
+        """Facts are stored as each page comes; each customer's fold is continued (or folded
+        again) and its intervals written once, at `finish`."""
         new: dict[str, list[LifecycleFact]] = {}
+        return FunctionBatch(partial(self._add_facts, curs, new), partial(self._fold, curs, new))
+
+    def _add_facts(self, curs: Any, new: dict[str, list[LifecycleFact]], events: Sequence[Any]) -> None:
+        facts = []
         for event in events:
             if type(event) in TYPE_BY_EVENT_CLASS:
-                new.setdefault(event.customer_key, []).append(fact_of(event))
+                fact, customer_id = fact_of(event), event.customer_key
+                new.setdefault(customer_id, []).append(fact)
+                facts.append((customer_id, fact.occurred_at, fact.event_id, fact.type, fact.survey_kind,
+                              fact.score))
+        if facts:
+            FACTS.copy(curs, self.schema, facts)
+
+    def _fold(self, curs: Any, new: dict[str, list[LifecycleFact]]) -> None:
         if not new:
             return
-        facts = [(c, f.occurred_at, f.event_id, f.type, f.survey_kind, f.score) for c, fs in new.items() for f in fs]
-        FACTS.copy(curs, self.schema, facts)
         curs.execute(f"SELECT customer_id, fold FROM {self.t(FOLDS.name)} WHERE customer_id = ANY(%s)", (list(new),))
         stored = {row["customer_id"]: row["fold"] for row in curs.fetchall()}
         folds: dict[str, LifecycleFold] = {}
@@ -177,10 +210,14 @@ class Lifecycle(ReadModel):
         changes = [c for r in curs.fetchall() for c in stage_changes(r["stage"], r["starts_at"], r["ends_at"], -1)]
         rows = [row for c in customers for row in interval_rows(c, folds[c].history(), folds[c].first_seq)]
         changes += [c for row in rows for c in stage_changes(row[2], row[8], row[9], 1)]
-        curs.execute(self._insert_intervals, [list(column) for column in zip(*rows, strict=True)])
-        curs.execute(self._upsert_folds, (customers, [json.dumps(folds[c].to_json()) for c in customers]))
-        days = self._stage_days.accumulate(changes)
-        curs.execute(self._upsert_stage_days, STAGE_DAYS.parameters(days))
+        INTERVALS.stage(curs, self.schema, rows, self._interval_columns)
+        curs.execute(self._insert_intervals)
+        FOLDS.stage(curs, self.schema, [(c, Jsonb(folds[c].to_json(), dumps=orjson.dumps)) for c in customers])
+        curs.execute(self._upsert_folds)
+        merged: Merged = {}
+        self._stage_days.merge_into(merged, changes)
+        self._stage_days.upsert(curs, self.schema, self._upsert_stage_days, merged)
+        days = MergeTable.in_key_order(merged)
         # A day whose starts and ends cancel out holds no row (the same rows whatever the order).
         curs.execute(f"DELETE FROM {self.t(STAGE_DAYS.name)} WHERE change = 0 AND (day, stage) IN "
                      "(SELECT * FROM unnest(%b::date[], %b::text[]))",

@@ -13,11 +13,13 @@ at construction: the live one, or a side schema where a rebuild builds a fresh c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
+from decimal import Context, localcontext
 from enum import Enum
-from typing import Any, ClassVar
+from functools import partial
+from typing import Any, ClassVar, Protocol
 
 from domain.lifecycle import LifecycleThresholds
 
@@ -124,23 +126,31 @@ class Table:
             statements.append(f"COMMENT ON TABLE {qualified(schema, self.name)} IS {_literal(self.doc)}")
         return statements
 
-    def unnest(self, columns: Sequence[str] | None = None) -> tuple[str, str]:
-        """(`SELECT` list, `FROM unnest(...) AS d(...)`) for rows passed as one array per column.
-        A text[] value per row cannot be a row of a 2-D array, so such columns travel as JSON."""
+    def staging(self, schema: str) -> str:
+        """A temporary table (of the session, emptied at commit) that rows are COPYed into before
+        one set-based statement takes them to this table: binary COPY adapts values in C, where
+        array parameters (`unnest(%s, ...)`) are adapted value by value in Python."""
+        return f'pg_temp."stage_{schema}_{self.name}"'
+
+    def stage(self, curs: Any, schema: str, rows: Iterable[Sequence[Any]], columns: Sequence[str] | None = None) -> None:
+        """COPY rows (values of `columns`, default all, in table order) into `staging(schema)`."""
         chosen = [c for c in self.columns if columns is None or c.name in columns]
-        arrays = ", ".join("%b::text[]" if c.type == "text[]" else f"%b::{c.type}[]" for c in chosen)
+        staging = self.staging(schema)
+        curs.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} ({', '.join(c.ddl() for c in chosen)}) "
+                     "ON COMMIT DELETE ROWS")
         names = ", ".join(f'"{c.name}"' for c in chosen)
-        select = ", ".join(
-            f'ARRAY(SELECT json_array_elements_text(d."{c.name}"::json))' if c.type == "text[]" else f'd."{c.name}"'
-            for c in chosen
-        )
-        return select, f"unnest({arrays}) AS d({names})"
+        with curs.copy(f"COPY {staging} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([_COPY_TYPE_NAMES.get(c.type, c.type) for c in chosen])
+            for row in rows:
+                copy.write_row(row)
 
     def insert_sql(self, schema: str, on_conflict: str = "DO NOTHING") -> str:
-        select, source = self.unnest()
+        """Takes the rows staged by `stage` (leaving the staging table empty) into this table, in
+        key order (two writers of one table then lock its rows in the same order)."""
         names = ", ".join(f'"{n}"' for n in self.column_names)
         key = ", ".join(f'"{c}"' for c in self.primary_key)
-        return (f"INSERT INTO {qualified(schema, self.name)} AS t ({names})\nSELECT {select} FROM {source}\n"
+        return (f"WITH d AS (DELETE FROM {self.staging(schema)} RETURNING *)\n"
+                f"INSERT INTO {qualified(schema, self.name)} AS t ({names})\nSELECT {names} FROM d ORDER BY {key}\n"
                 f"ON CONFLICT ({key}) {on_conflict}")
 
     def copy(self, curs: Any, schema: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -152,13 +162,12 @@ class Table:
             for row in rows:
                 copy.write_row(row)
 
-    def parameters(self, rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
-        """Rows → one list per column (text[] values as JSON), for `insert_sql`."""
-        columns = [list(column) for column in zip(*rows, strict=True)] or [[] for _ in self.columns]
-        for i, column in enumerate(self.columns):
-            if column.type == "text[]":
-                columns[i] = [json.dumps(sorted(value)) for value in columns[i]]
-        return columns
+    def copy_rows(self, rows: Iterable[Sequence[Any]]) -> Iterable[Sequence[Any]]:
+        """Rows as COPY takes them: sets (the values of `union` columns) as sorted lists."""
+        unions = [i for i, c in enumerate(self.columns) if c.type == "text[]"]
+        if not unions:
+            return rows
+        return [[sorted(v) if i in unions else v for i, v in enumerate(row)] for row in rows]
 
 
 _COPY_TYPE_NAMES = {"int": "int4", "bigint": "int8"}  # psycopg's registry knows the types by these names
@@ -233,38 +242,42 @@ def _merge_sql(table: Table) -> str:
 
 
 def _combiner(table: Table) -> Callable[[list[Any], Sequence[Any]], None]:
-    """In-page merge of a new row into the accumulated one, by the same rules as `_merge_sql`."""
-    steps: list[Callable[[list[Any], Sequence[Any]], None]] = []
+    """In-page merge of a new row into the accumulated one, by the same rules as `_merge_sql`
+    (one loop per kind of merge: this runs for every event)."""
+    sums = [i for i, c in enumerate(table.columns) if c.merge is Merge.SUM]
+    mins = [i for i, c in enumerate(table.columns) if c.merge is Merge.MIN]
+    maxes = [i for i, c in enumerate(table.columns) if c.merge is Merge.MAX]
+    unions = [i for i, c in enumerate(table.columns) if c.merge is Merge.UNION]
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(table.columns):
-        if c.merge is Merge.SUM:
-            steps.append(lambda acc, row, i=i: acc.__setitem__(i, acc[i] + row[i]))
-        elif c.merge is Merge.MIN:
-            steps.append(lambda acc, row, i=i: acc.__setitem__(i, row[i] if acc[i] is None or (
-                row[i] is not None and row[i] < acc[i]) else acc[i]))
-        elif c.merge is Merge.MAX:
-            steps.append(lambda acc, row, i=i: acc.__setitem__(i, row[i] if acc[i] is None or (
-                row[i] is not None and row[i] > acc[i]) else acc[i]))
-        elif c.merge is Merge.UNION:
-            steps.append(lambda acc, row, i=i: acc.__setitem__(i, acc[i] | row[i]))
-        elif c.merge is Merge.LATEST:
+        if c.merge is Merge.LATEST:
             groups.setdefault(c.group, []).append(i)
-    for group, members in groups.items():
-        at, event_id = table.position(f"{group}_at"), table.position(f"{group}_event_id")
+    latest = [(table.position(f"{group}_at"), table.position(f"{group}_event_id"), members)
+              for group, members in groups.items()]
 
-        def pick(acc: list[Any], row: Sequence[Any], members: list[int] = members, at: int = at,
-                 event_id: int = event_id) -> None:
+    def combine(acc: list[Any], row: Sequence[Any]) -> None:
+        for i in sums:
+            acc[i] += row[i]
+        for i in mins:
+            value = row[i]
+            if value is not None and (acc[i] is None or value < acc[i]):
+                acc[i] = value
+        for i in maxes:
+            value = row[i]
+            if value is not None and (acc[i] is None or value > acc[i]):
+                acc[i] = value
+        for i in unions:
+            if row[i]:
+                acc[i] |= row[i]
+        for at, event_id, members in latest:
             if row[at] is not None and (acc[at] is None or (row[at], row[event_id]) > (acc[at], acc[event_id])):
                 for i in members:
                     acc[i] = row[i]
 
-        steps.append(pick)
-
-    def combine(acc: list[Any], row: Sequence[Any]) -> None:
-        for step in steps:
-            step(acc, row)
-
     return combine
+
+
+Merged = dict[tuple[Any, ...], list[Any]]
 
 
 class MergeTable:
@@ -280,8 +293,18 @@ class MergeTable:
     def upsert_sql(self, schema: str) -> str:
         return self.table.insert_sql(schema, _merge_sql(self.table))
 
+    def upsert(self, curs: Any, schema: str, sql: str, merged: Merged) -> None:
+        """Write merged rows (`sql` is `upsert_sql(schema)`, made once)."""
+        self.table.stage(curs, schema, self.table.copy_rows(self.in_key_order(merged)))
+        curs.execute(sql)
+
     def accumulate(self, rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
-        merged: dict[tuple[Any, ...], list[Any]] = {}
+        merged: Merged = {}
+        self.merge_into(merged, rows)
+        return self.in_key_order(merged)
+
+    def merge_into(self, merged: Merged, rows: Iterable[Sequence[Any]]) -> None:
+        """Combine rows into `merged` (key → row), by the table's merge rules."""
         width = self.key_width
         for row in rows:
             row_key = tuple(row[:width])
@@ -292,6 +315,9 @@ class MergeTable:
                     acc[i] = set(acc[i])
             else:
                 self.combine(acc, row)
+
+    @staticmethod
+    def in_key_order(merged: Merged) -> list[list[Any]]:
         # In key order: two writers of one table then lock its rows in the same order.
         return [merged[k] for k in sorted(merged)]
 
@@ -325,6 +351,31 @@ class ReadModel:
         """Apply a page of domain events (in notification order) with set-based SQL on `curs`."""
         raise NotImplementedError
 
+    def batch(self, curs: Any) -> Batch:
+        """Many pages applied as one, in the caller's transaction: `add` each page, then `finish`.
+        Rows are the same as applying the pages one by one (merges are commutative); a model that
+        keeps work for `finish` (a merge, a fold) writes each key once per batch instead of once
+        per page. By default each page is applied as it comes."""
+        return FunctionBatch(partial(self.apply, curs), _nothing)
+
+
+class Batch(Protocol):
+    def add(self, events: Sequence[Any]) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass
+class FunctionBatch:
+    """A batch made of two functions."""
+
+    add: Callable[[Sequence[Any]], None]
+    finish: Callable[[], None]
+
+
+def _nothing() -> None:
+    pass
+
 
 Rows = dict[str, list[Sequence[Any]]]
 
@@ -337,6 +388,7 @@ class MergeReadModel(ReadModel):
     """
 
     handlers: ClassVar[dict[type, str]]
+    decimal_context: ClassVar[Context | None] = None  # for sums of Decimals, when not the default
 
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
         super().__init__(schema, settings)
@@ -345,12 +397,28 @@ class MergeReadModel(ReadModel):
         self._bound = {cls: getattr(self, method) for cls, method in self.handlers.items()}
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
-        rows: Rows = {name: [] for name in self._merges}
+        batch = self.batch(curs)
+        batch.add(events)
+        batch.finish()
+
+    def batch(self, curs: Any) -> Batch:
+        """Pages merged in memory, one upsert per table at `finish`."""
+        merged: dict[str, Merged] = {name: {} for name in self._merges}
+        return FunctionBatch(partial(self._add, merged), partial(self._finish, curs, merged))
+
+    def _add(self, merged: dict[str, Merged], events: Sequence[Any]) -> None:
+        rows: Rows = {name: [] for name in merged}
+        bound = self._bound
         for event in events:
-            handler = self._bound.get(type(event))
+            handler = bound.get(type(event))
             if handler is not None:
                 handler(event, rows)
-        for name, table_rows in rows.items():
-            if table_rows:
-                merge = self._merges[name]
-                curs.execute(self._sql[name], merge.table.parameters(merge.accumulate(table_rows)))
+        with localcontext(self.decimal_context) if self.decimal_context else nullcontext():
+            for name, table_rows in rows.items():
+                if table_rows:
+                    self._merges[name].merge_into(merged[name], table_rows)
+
+    def _finish(self, curs: Any, merged: dict[str, Merged]) -> None:
+        for name, table_merged in merged.items():
+            if table_merged:
+                self._merges[name].upsert(curs, self.schema, self._sql[name], table_merged)

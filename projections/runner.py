@@ -7,8 +7,16 @@ projectors cannot both apply a page). After a crash the projector resumes after 
 committed positions. The event store commits in notification-id order (its EXCLUSIVE table
 lock), so reading past an id never skips one committed later.
 
+Far behind the head (a catch-up, a rebuild), many pages go in one transaction, up to
+`catch_up_events` events or `catch_up_seconds`: each read model takes them as one batch
+(`ReadModel.batch`) and writes what it keeps per key (a customer's row, fold and intervals, a day
+bucket) once per batch instead of once per page; positions move once, with the rows. Near the
+head, one page per transaction, for freshness. The time bound keeps the read models' locks (which
+a rebuild's swap waits for) and the transaction short.
+
 A read model that raises on an event *parks* that event (table `projection_parked`, with the
 error and the stored event) and goes on with the rest; `retry_parked` applies parked events again.
+A batch that fails is rolled back and applied again page by page, where parking happens.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg.sql import SQL
 
-from projections.readmodel import ANALYTICS_SCHEMA, LIVE_SCHEMA, ReadModel
+from projections.pages import LogPages
+from projections.readmodel import ANALYTICS_SCHEMA, LIVE_SCHEMA, Batch, ReadModel
 
 log = logging.getLogger("rapport.projector")
 
@@ -44,6 +53,7 @@ TRACKING_TABLE = "projection_tracking"
 PARKED_TABLE = "projection_parked"
 VERSIONS_TABLE = "projection_versions"
 MAX_FAILURES_IN_A_ROW = 12
+CATCH_UP_LAG_PAGES = 4  # "far behind": at least this many pages behind the head
 # Errors of the connection or the server, not of an event: retried, never parked.
 UNAVAILABLE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -142,6 +152,10 @@ class Projector:
     store: ProjectionStore
     models: Sequence[ReadModel]
     page_size: int = 2000
+    # While far behind the head (a catch-up, a rebuild), this many events per transaction; near
+    # it, one page per transaction, for freshness. 0: always page by page.
+    catch_up_events: int = 50_000  # RAPPORT_PROJECTION_CATCH_UP_EVENTS; merged rows and folds held in memory
+    catch_up_seconds: float = 10.0  # ... and pages are added to a transaction for at most this long
     idle_wait_seconds: float = 0.1
     log_every_seconds: float = 10.0
     applied: int = 0
@@ -153,6 +167,9 @@ class Projector:
         self.stale: dict[str, tuple[int, int]] = {}
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-reader")
         self._ahead: tuple[int, Future[list[tuple[Notification, Any]]]] | None = None
+        self._pages = LogPages(self.source, self.mapper)
+        self._batch_reached = 0
+        self._careful_until = 0  # a batch failed up to here: page by page (parking) until then
 
     def _select(self, models: Sequence[ReadModel]) -> None:
         self.models = list(models)
@@ -203,11 +220,21 @@ class Projector:
 
     # -- one page -------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Apply the next page, if any, in one transaction; the number of notifications read."""
+        """Apply the next page, if any, in one transaction; the number of notifications read.
+        Far behind the head, many pages are applied in that transaction (`catch_up_events`)."""
         start = min(self.positions().values(), default=0)
         page = self._next_page(start)
         if not page:
             return 0
+        if self._far_behind(page, start):
+            try:
+                return self._run_batch(page, start)
+            except UNAVAILABLE:
+                raise
+            except Exception as error:  # noqa: BLE001 - page by page below, parking what fails
+                self._careful_until = self._batch_reached
+                log.warning("applying notifications %d..%d in one transaction failed (%s); applying them page "
+                            "by page", start + 1, self._careful_until, describe(error))
         with self.store.datastore.transaction(commit=True) as curs:
             # Rows and positions commit together, so a server crash that loses the last commits
             # loses both: the pages are applied again. No need to wait for the WAL flush.
@@ -217,6 +244,56 @@ class Projector:
             self._apply_page(curs, page, positions(curs, self.names), start)
         self.applied += len(page)
         return len(page)
+
+    def _far_behind(self, page: list[tuple[Notification, Any]], start: int) -> bool:
+        if len(page) < self.page_size or self.catch_up_events < 2 * self.page_size or start < self._careful_until:
+            return False
+        head = self.source.max_notification_id() or 0
+        return head - start >= CATCH_UP_LAG_PAGES * self.page_size
+
+    def _run_batch(self, page: list[tuple[Notification, Any]], start: int) -> int:
+        """Pages after `start` applied in ONE transaction, up to about `catch_up_events`: each read
+        model gets them as one batch (`ReadModel.batch`), so what it writes per key (a customer's
+        row, fold, intervals) is written once per batch instead of once per page. The positions
+        move once, at the end, with the rows. A page holding an event that cannot be decoded, or
+        any error, rolls the whole batch back: the caller then applies it page by page, parking."""
+        read = 0
+        self._batch_reached = start
+        until = time.monotonic() + self.catch_up_seconds
+        with self.store.datastore.transaction(commit=True) as curs:
+            curs.execute("SET LOCAL synchronous_commit = off")
+            self.lock(curs)
+            at = positions(curs, self.names)
+            batches: dict[str, Batch] = {}
+            while True:
+                last = self._batch_reached = page[-1][0].id
+                for model, name in zip(self.models, self.names, strict=True):
+                    if at[name] < start:
+                        continue  # moved back (a swapped-in copy): its next page starts earlier
+                    events = [e for n, e in page if n.id > at[name]]
+                    if not events:
+                        continue
+                    if any(isinstance(e, Undecodable) for e in events):
+                        raise ValueError("a stored event cannot be decoded")
+                    began = time.perf_counter()
+                    batch = batches.get(name) or batches.setdefault(name, model.batch(curs))
+                    batch.add(events)
+                    stats = self.stats[name]
+                    stats.events += len(events)
+                    stats.seconds += time.perf_counter() - began
+                read += len(page)
+                if len(page) < self.page_size or read >= self.catch_up_events or time.monotonic() > until:
+                    break
+                page = self._next_page(last)
+                if not page:
+                    break
+            for name, batch in batches.items():
+                began = time.perf_counter()
+                batch.finish()
+                self.store._insert_tracking(curs, Tracking(name, last))  # noqa: SLF001
+                self.stats[name].seconds += time.perf_counter() - began
+        self.applied += read
+        return read
 
     def lock(self, curs: Any) -> None:
         """Take this projector's read models' locks for the rest of the transaction of `curs`."""
@@ -244,8 +321,7 @@ class Projector:
         return page
 
     def _read_page(self, start: int, stop: int | None = None) -> list[tuple[Notification, Any]]:
-        notifications = self.source.select_notifications(start=start, limit=self.page_size, stop=stop,
-                                                         inclusive_of_start=False)
+        notifications = self._pages.read(start, self.page_size, stop)
         began = time.perf_counter()
         page = [(n, self._decode(n)) for n in notifications]
         self.decode_seconds += time.perf_counter() - began
@@ -271,7 +347,7 @@ class Projector:
 
     def _decode(self, notification: Notification) -> Any:
         try:
-            return self.mapper.to_domain_event(notification)
+            return self._pages.decode(notification)
         except Exception as error:  # noqa: BLE001 - parked with the reason, by every read model
             return Undecodable(describe(error))
 

@@ -15,8 +15,10 @@ answer; what revenue-by-category needs (contract §3, §3b).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from domain.customer import TYPE_BY_EVENT_CLASS
@@ -24,7 +26,10 @@ from domain.rules import nps_category
 from domain.satisfaction import CHANNEL_BY_EVENT_TYPE, UNKNOWN_CHANNEL, is_alarm_answer, is_satisfied_csat
 from projections.readmodel import (
     LIVE_SCHEMA,
+    Batch,
     Column,
+    FunctionBatch,
+    Merged,
     MergeTable,
     ModelSettings,
     ReadModel,
@@ -107,6 +112,17 @@ VIEWS = (
 )
 
 
+@dataclass
+class _Pending:
+    """What a batch writes at its end: answers waiting for its contacts move to their channel; merged
+    day buckets, latest answers, first contacts."""
+
+    contacts: list[tuple[Any, ...]] = field(default_factory=list)  # (customer_id, event_id, channel)
+    days: Merged = field(default_factory=dict)
+    latest: Merged = field(default_factory=dict)
+    customers: Merged = field(default_factory=dict)
+
+
 class Satisfaction(ReadModel):
     name = NAME
     tables = (DAYS, RESPONSES, CONTACTS, LATEST, CUSTOMERS)
@@ -121,6 +137,18 @@ class Satisfaction(ReadModel):
         }
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
+        batch = self.batch(curs)
+        batch.add(events)
+        batch.finish()
+
+    def batch(self, curs: Any) -> Batch:
+        """Contacts and answers are stored as each page comes (an answer finds the channel of a
+        contact of an earlier page of the batch); day buckets, latest answers and first contacts
+        are merged and written once at `finish`."""
+        pending = _Pending()
+        return FunctionBatch(partial(self._add, curs, pending), partial(self._finish, curs, pending))
+
+    def _add(self, curs: Any, pending: _Pending, events: Sequence[Any]) -> None:
         contacts: list[tuple[Any, ...]] = []
         responses: list[list[Any]] = []
         seen: list[tuple[str, datetime]] = []
@@ -137,27 +165,34 @@ class Satisfaction(ReadModel):
                 purchase = event_type == "purchase"
                 contacts.append((customer_id, event.event_id, CHANNEL_BY_EVENT_TYPE[event_type], event.occurred_at,
                                  data["currency"] if purchase else None, Decimal(data["amount"]) if purchase else None))
-        if not seen:
-            return
-        days: list[tuple[Any, ...]] = []
         if contacts:
             CONTACTS.copy(curs, self.schema, contacts)
-            days += self._move_waiting_answers(curs, contacts)
+            pending.contacts += [c[:3] for c in contacts]
         if responses:
             self._find_channels(curs, responses)
             RESPONSES.copy(curs, self.schema, responses)
-            days += [day_row(r[2].date(), r[3], r[6], r[4], 1) for r in responses]
-            latest_rows = [(r[0], r[3], r[4], is_alarm_answer(r[3], r[4]), r[2], r[1]) for r in responses]
-            curs.execute(self._sql["latest"], LATEST.parameters(self._latest.accumulate(latest_rows)))
-        if days:
-            merged = self._days.accumulate(days)
-            curs.execute(self._sql["days"], DAYS.parameters(merged))
-            emptied = [row[:3] for row in merged if row[3] < 0]
-            if emptied:  # a bucket whose every answer moved to another channel is no bucket
+            self._days.merge_into(pending.days, [day_row(r[2].date(), r[3], r[6], r[4], 1) for r in responses])
+            self._latest.merge_into(pending.latest, [(r[0], r[3], r[4], is_alarm_answer(r[3], r[4]), r[2], r[1])
+                                                     for r in responses])
+        self._customers.merge_into(pending.customers, seen)
+
+    def _finish(self, curs: Any, pending: _Pending) -> None:
+        if pending.contacts:  # answers stored before (an earlier page or batch) the contact they are about
+            self._days.merge_into(pending.days, self._move_waiting_answers(curs, pending.contacts))
+        if pending.latest:
+            self._latest.upsert(curs, self.schema, self._sql["latest"], pending.latest)
+        if pending.days:
+            self._days.upsert(curs, self.schema, self._sql["days"], pending.days)
+            merged = MergeTable.in_key_order(pending.days)
+            # A bucket whose every answer moved to another channel is no bucket (an answer that
+            # moves within the batch changes its old bucket by 0).
+            emptied = [row[:3] for row in merged if row[3] <= 0]
+            if emptied:
                 curs.execute(f"DELETE FROM {self.t(DAYS.name)} WHERE responses = 0 AND (day, kind, channel) IN "
                              "(SELECT * FROM unnest(%b::date[], %b::text[], %b::text[]))",
                              [list(column) for column in zip(*emptied, strict=True)])
-        curs.execute(self._sql["customers"], CUSTOMERS.parameters(self._customers.accumulate(seen)))
+        if pending.customers:
+            self._customers.upsert(curs, self.schema, self._sql["customers"], pending.customers)
 
     def _find_channels(self, curs: Any, responses: list[list[Any]]) -> None:
         """Set each answer's channel from the stored event it is about (this page's included)."""
@@ -188,4 +223,5 @@ class Satisfaction(ReadModel):
             moved.append(day_row(day, row["kind"], UNKNOWN_CHANNEL, row["score"], -1))
             moved.append(day_row(day, row["kind"], row["channel"], row["score"], 1))
         return moved
+
 

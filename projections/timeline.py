@@ -6,9 +6,11 @@ is an index scan, however many events the customer has.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from psycopg.types.json import Jsonb
 
 from domain.customer import TYPE_BY_EVENT_CLASS
@@ -32,6 +34,15 @@ VIEWS = (
 )
 
 
+def json_bytes(value: Any) -> bytes:
+    """JSON of an event's data, by orjson; what orjson cannot write (an integer beyond 64 bits)
+    by the standard library. The same jsonb either way."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode()
+
+
 class Timeline(ReadModel):
     name = NAME
     tables = (EVENTS,)
@@ -42,7 +53,8 @@ class Timeline(ReadModel):
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
         rows = [
-            (event.customer_key, event.occurred_at, event.event_id, event_type, event.source, Jsonb(event.data))
+            (event.customer_key, event.occurred_at, event.event_id, event_type, event.source,
+             Jsonb(event.data, dumps=json_bytes))
             for event in events
             if (event_type := TYPE_BY_EVENT_CLASS.get(type(event))) is not None
         ]

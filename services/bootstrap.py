@@ -137,7 +137,8 @@ def projector(settings: Settings, store: InteractionLog | None = None, only: lis
     live read models whose tables another version made are left out (see `leave_out_stale`)."""
     store = store or interaction_log(settings)
     result = Projector(store.recorder, store.mapper, ProjectionStore(store.factory.datastore),  # type: ignore[attr-defined]
-                       read_models(settings, only, schema), page_size=settings.projection_page_size)
+                       read_models(settings, only, schema), page_size=settings.projection_page_size,
+                       catch_up_events=settings.projection_catch_up_events)
     with schema_lock(settings):
         result.create_tables()
     if schema == LIVE_SCHEMA and check_versions:

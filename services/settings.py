@@ -35,6 +35,10 @@ class Settings(BaseSettings):
         200_000, ge=0, description="Customers whose stream version ingest keeps in memory (0: none)."
     )
     projection_page_size: int = Field(2000, ge=1, description="Events the projector applies per transaction.")
+    projection_catch_up_events: int = Field(
+        50_000, ge=0, description="Far behind the head (a catch-up, a rebuild), events the projector applies per "
+                                  "transaction, pages merged; memory grows with it. 0: page by page."
+    )
     at_risk_days: int = Field(180, ge=1, description="Lifecycle: days since the last purchase before 'at_risk'.")
     churn_days: int = Field(365, ge=1, description="Lifecycle: days since the last interaction before 'churned'.")
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")

@@ -116,13 +116,16 @@ def test_projector_killed_mid_stream_loses_nothing_and_doubles_nothing(settings:
     def progress() -> int:  # the read model furthest behind
         return min(runner.positions().values()) - start_position
 
-    first = start("projector", settings, RAPPORT_PROJECTION_PAGE_SIZE="100")
+    # Ten pages per transaction while far behind (catch-up batches), so the kill lands mid-stream
+    # and mid-batch as well as between pages.
+    batches = {"RAPPORT_PROJECTION_PAGE_SIZE": "100", "RAPPORT_PROJECTION_CATCH_UP_EVENTS": "1000"}
+    first = start("projector", settings, **batches)
     try:
         kill_mid_stream(first, progress, head - start_position)
     finally:
         first.kill()
 
-    second = start("projector", settings, RAPPORT_PROJECTION_PAGE_SIZE="100")
+    second = start("projector", settings, **batches)
     try:
         wait_for(lambda: progress() >= head - start_position, timeout=180, interval=0.1,
                  what="the restarted projector to bring every read model to the head")

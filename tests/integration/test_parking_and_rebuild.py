@@ -58,12 +58,15 @@ def side_schema(store: InteractionLog) -> Iterator[str]:
         curs.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@pytest.mark.parametrize(("page_size", "catch_up_events"), [(5, 0), (2, 6)], ids=["page by page", "in batches"])
 def test_an_event_a_read_model_fails_on_is_parked_and_the_others_are_applied(
-    settings: Settings, store: InteractionLog, side_schema: str
+    settings: Settings, store: InteractionLog, side_schema: str, page_size: int, catch_up_events: int
 ) -> None:
+    """Page by page, or far behind in batches of pages (a batch that fails is applied again page by page)."""
     model = PoisonedTimeline(side_schema)
     runner = projector(settings, store, only=["timeline"])  # for its store and source
-    poisoned_runner = Projector(store.recorder, store.mapper, runner.store, [model], page_size=5)
+    poisoned_runner = Projector(store.recorder, store.mapper, runner.store, [model], page_size=page_size,
+                                catch_up_events=catch_up_events)
     poisoned_runner.create_tables()
     name = poisoned_runner.names[0]
     with store.factory.datastore.transaction(commit=True) as curs:  # type: ignore[attr-defined]

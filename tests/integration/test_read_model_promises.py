@@ -18,8 +18,8 @@ import pytest
 from domain.contract import validate_envelope
 from domain.customer import Customer
 from eventstore.store import InteractionLog
-from projections.readmodel import ReadModel
-from projections.runner import TRACKING_TABLE
+from projections.readmodel import Batch, FunctionBatch, ReadModel
+from projections.runner import TRACKING_TABLE, Projector
 from services.bootstrap import projector, read_models
 from services.settings import Settings
 from tests.support import envelope
@@ -134,19 +134,59 @@ class ReadModelPromises:
             assert self.rows(store, model, prefix) == expected, f"arrival order {[m['event_id'] for m in messages]}, " \
                                                               f"pages of {page_size}"
 
-    def test_a_crash_in_the_middle_of_a_page_then_a_restart_gives_the_same_rows(
+    def test_same_rows_when_many_pages_are_applied_as_one_batch(
         self, settings: Settings, store: InteractionLog, schemas: list[str]
     ) -> None:
-        prefix = f"crash{uuid.uuid4().hex[:8]}"
+        """A catch-up applies many pages in one transaction, as one batch (`ReadModel.batch`): an
+        answer may land pages before the contact it is about, a customer's facts across pages."""
+        reference = self.model(settings, store, schemas)
+        prefix = f"ref{uuid.uuid4().hex[:8]}"
+        self.apply_in_pages(store, reference, domain_events(history(prefix)), page_size=1)
+        expected = self.rows(store, reference, prefix)
+        rng = random.Random(f"{self.name} in batches")
+        for trial in range(8):
+            messages = history(prefix := f"b{uuid.uuid4().hex[:8]}")
+            rng.shuffle(messages)
+            events = domain_events(messages)
+            model = self.model(settings, store, schemas)
+            page_size = [1, 2, 3, 5, 1, 2, 4, 16][trial]
+            with store.factory.datastore.transaction(commit=True) as curs:  # type: ignore[attr-defined]
+                batch = model.batch(curs)
+                for start in range(0, len(events), page_size):
+                    batch.add(events[start:start + page_size])
+                batch.finish()
+            assert self.rows(store, model, prefix) == expected, f"arrival order {[m['event_id'] for m in messages]}, " \
+                                                              f"one batch of pages of {page_size}"
+
+    def crashed_and_whole(self, settings: Settings, store: InteractionLog, schemas: list[str],
+                          prefix: str) -> tuple[list[Projector], ReadModel, ReadModel]:
+        """Two copies of the model following only what is stored from now on: the history."""
         head = store.recorder.max_notification_id() or 0
         whole, crashed = (self.model(settings, store, schemas) for _ in range(2))
         runners = [projector(settings, store, only=[self.name], schema=m.schema) for m in (whole, crashed)]
         with store.factory.datastore.transaction(commit=True) as curs:  # type: ignore[attr-defined]
-            for runner in runners:  # both follow only what is stored from now on
+            for runner in runners:
                 curs.execute(f"INSERT INTO {TRACKING_TABLE} VALUES (%s, %s)", (runner.names[0], head))
         store.save(*aggregates(history(prefix)))
+        return runners, whole, crashed
+
+    def restart_and_compare(self, settings: Settings, store: InteractionLog, whole: ReadModel, crashed: ReadModel,
+                            prefix: str, page_size: int) -> None:
+        restarted = projector(settings, store, only=[self.name], schema=crashed.schema)
+        restarted.page_size = page_size
+        restarted.catch_up()
+        assert restarted.positions() == {restarted.names[0]: store.recorder.max_notification_id()}
+        assert self.rows(store, crashed, prefix) == self.rows(store, whole, prefix)
+        assert any(self.rows(store, whole, prefix).values())
+
+    def test_a_crash_in_the_middle_of_a_page_then_a_restart_gives_the_same_rows(
+        self, settings: Settings, store: InteractionLog, schemas: list[str]
+    ) -> None:
+        prefix = f"crash{uuid.uuid4().hex[:8]}"
+        runners, whole, crashed = self.crashed_and_whole(settings, store, schemas, prefix)
         for runner in runners:
             runner.page_size = 4
+            runner.catch_up_events = 0  # one page per transaction
         runners[0].catch_up()
 
         calls = 0
@@ -163,12 +203,45 @@ class ReadModelPromises:
         model.apply = crash_on_third_page  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             runners[1].catch_up()
-        restarted = projector(settings, store, only=[self.name], schema=crashed.schema)
-        restarted.page_size = 4
-        restarted.catch_up()
-        assert restarted.positions() == {restarted.names[0]: store.recorder.max_notification_id()}
-        assert self.rows(store, crashed, prefix) == self.rows(store, whole, prefix)
-        assert any(self.rows(store, whole, prefix).values())
+        assert calls == 3
+        self.restart_and_compare(settings, store, whole, crashed, prefix, page_size=4)
+
+    def test_a_crash_at_the_end_of_a_catch_up_batch_then_a_restart_gives_the_same_rows(
+        self, settings: Settings, store: InteractionLog, schemas: list[str]
+    ) -> None:
+        """Far behind the head, many pages go in one transaction (a batch): a crash as its rows are
+        written loses the batch and its position together, and pages and batches give the same rows."""
+        prefix = f"batch{uuid.uuid4().hex[:8]}"
+        runners, whole, crashed = self.crashed_and_whole(settings, store, schemas, prefix)
+        runners[0].page_size = 1  # the reference: one event per transaction
+        runners[0].catch_up_events = 0
+        runners[0].catch_up()
+        crashing = runners[1]
+        crashing.page_size, crashing.catch_up_events = 2, 6  # batches of 3 pages while 4 pages behind
+
+        batches = 0
+        [model] = crashing.models
+        original = model.batch
+
+        def crash_at_the_end_of_the_second_batch(curs: Any) -> Batch:
+            nonlocal batches
+            batches += 1
+            batch = original(curs)
+            if batches < 2:
+                return batch
+
+            def finish_then_crash() -> None:
+                batch.finish()  # the rows are written, then the process dies before the commit
+                raise KeyboardInterrupt("simulated crash")
+
+            return FunctionBatch(batch.add, finish_then_crash)
+
+        model.batch = crash_at_the_end_of_the_second_batch  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            crashing.catch_up()
+        assert batches == 2
+        assert crashing.applied == 6, "the first batch (3 pages) was committed"
+        self.restart_and_compare(settings, store, whole, crashed, prefix, page_size=2)
 
 
 class TestCustomer360(ReadModelPromises):
