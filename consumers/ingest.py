@@ -492,8 +492,11 @@ def kafka_consumer(servers: list[str], group_id: str, max_poll_records: int, **o
         # fail loudly (MissingOffsets) instead of silently jumping over the gap.
         auto_offset_reset="none",
         max_poll_records=max_poll_records,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
+        # Enough for a few polls of 5,000 messages ahead, not more: fetched data is held in memory
+        # (decoded, about three times its size), and 16 MB per partition took ingest's RSS past
+        # 300 MB. A message larger than these limits is still fetched (Kafka returns it whole).
+        fetch_max_bytes=8 * 1024 * 1024,
+        max_partition_fetch_bytes=2 * 1024 * 1024,
         max_poll_interval_ms=600_000,
         # A member that died is noticed after this long and its partitions move on
         # (the client's 45 s default would stall a restarted ingest for as long).
