@@ -153,6 +153,9 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
     _say(f"  progress:     curl {base}/projections   metrics: curl {base}/metrics   health: curl {base}/health")
     _say(f"  SQL:          psql {settings.database_url} -c 'select * from analytics.satisfaction_daily limit 5'")
     _say("                (views in schema analytics: \\dv analytics.*; queries in the README)")
+    _say(f"  processes:    {settings.ingest_processes} × rapport ingest (RAPPORT_INGEST_PROCESSES), rapport projector, "
+         f"rapport api × {settings.api_workers} workers (RAPPORT_API_WORKERS)")
+    _say("  speed:        bench/run --quick   (ingest, freshness, read models, lookups; README, Performance)")
 
 
 def _wait_for_api(base: str, processes: Processes, timeout: float = 60) -> None:
