@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from kafka import TopicPartition  # noqa: E402
 
-from bench.ingest import PARTITIONS, _delete_group, _quietly, _say, _with_dbname, create_database, drop_database  # noqa: E402
+from bench.common import PARTITIONS, create_database, delete_group, drop_database, quietly, say, with_dbname  # noqa: E402
 from consumers.ingest import kafka_consumer, kafka_producer  # noqa: E402
 from services import bootstrap  # noqa: E402
 from services.settings import Settings  # noqa: E402
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 20.0 if args.quick else args.seconds
     tag = uuid.uuid4().hex[:8]
     database = "rapport_bench_fresh"
-    settings = Settings(database_url=_with_dbname(admin.database_url, database), topic=f"bench-fresh-{tag}",
+    settings = Settings(database_url=with_dbname(admin.database_url, database), topic=f"bench-fresh-{tag}",
                         consumer_group=f"bench-fresh-{tag}")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     created = False
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             send.close()
             summary: dict[str, Any] = {}
             next_sample = time.monotonic()
-            _say(f"offering {args.rate:,} events/s for {seconds:.0f} s; a probe every {args.probe_every}")
+            say(f"offering {args.rate:,} events/s for {seconds:.0f} s; a probe every {args.probe_every}")
             while True:
                 if receive.poll(0.05):
                     customer, value = receive.recv()
@@ -330,18 +330,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
         return 0 if not unseen else 1
     except KeyboardInterrupt:
-        _say("interrupted")
+        say("interrupted")
         return 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if not args.keep:
-            _quietly("deleting the topics", lambda: delete_topics(settings.kafka_servers,
+            quietly("deleting the topics", lambda: delete_topics(settings.kafka_servers,
                                                                   [settings.topic, settings.dead_letter_topic]))
-            _quietly("deleting the consumer group", lambda: _delete_group(settings.kafka_servers,
+            quietly("deleting the consumer group", lambda: delete_group(settings.kafka_servers,
                                                                          settings.consumer_group))
             if created:
-                _quietly(f"dropping {database}", lambda: drop_database(admin, database))
+                quietly(f"dropping {database}", lambda: drop_database(admin, database))
 
 
 if __name__ == "__main__":

@@ -36,29 +36,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
 from kafka import TopicPartition  # noqa: E402
-from kafka.admin import KafkaAdminClient  # noqa: E402
-from psycopg import sql  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench.common import PARTITIONS, create_database, delete_group, drop_database, quietly, say, with_dbname  # noqa: E402
 from consumers.ingest import kafka_consumer, kafka_producer  # noqa: E402
 from services import bootstrap  # noqa: E402
 from services.settings import Settings  # noqa: E402
 from services.topics import delete_topics, ensure_topics  # noqa: E402
 from tools.demo_data import generate_demo_data  # noqa: E402
 
-PARTITIONS = 6
 MB = 1024 * 1024
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _rss_mb(field: str = "VmRSS") -> float:
@@ -118,7 +112,7 @@ def _generate_and_publish(servers: list[str], topic: str, customers: int, events
 
 def publish_in_child(settings: Settings, customers: int, events: int, seed: int, clean: bool = True) -> dict[str, Any]:
     if threading.active_count() != 1:
-        _say(f"warning: forking with {threading.active_count()} threads alive")
+        say(f"warning: forking with {threading.active_count()} threads alive")
     ctx = mp.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_generate_and_publish, name="bench-publisher",
@@ -320,50 +314,6 @@ def raw_copy(conninfo: str, n: int, rows_per_tx: int, timeout: float) -> dict[st
             "raw_copy_avg_row_bytes": avg_row}
 
 
-# --- set-up and clean-up ----------------------------------------------------------------------
-
-def _with_dbname(url: str, dbname: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + dbname))
-
-
-def drop_database(admin_settings: Settings, dbname: str, attempts: int = 20) -> None:
-    """DROP DATABASE, ending our own leftover sessions (FORCE). FORCE refuses when an autovacuum
-    worker (not our role) is in the database; a plain DROP cancels those, so alternate and retry."""
-    name = sql.Identifier(dbname)
-    with psycopg.connect(bootstrap.conninfo(admin_settings), autocommit=True, connect_timeout=5) as conn:
-        for attempt in range(attempts):
-            try:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)" if attempt % 2 == 0
-                                     else "DROP DATABASE IF EXISTS {}").format(name))
-                return
-            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.5)
-
-
-def create_database(admin_settings: Settings, dbname: str) -> None:
-    drop_database(admin_settings, dbname)
-    with psycopg.connect(bootstrap.conninfo(admin_settings), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-
-
-def _quietly(what: str, action: Callable[[], Any]) -> None:
-    try:
-        action()
-    except Exception as error:  # noqa: BLE001 - clean-up goes on
-        _say(f"clean-up: {what} failed: {type(error).__name__}: {error}")
-
-
-def _delete_group(servers: list[str], group: str) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="rapport-bench")
-    try:
-        admin.delete_groups([group])
-    finally:
-        admin.close()
-
-
 # --- report -----------------------------------------------------------------------------------
 
 def _table(r: dict[str, Any]) -> str:
@@ -437,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, admin_settings)
     tag = uuid.uuid4().hex[:8]
     settings = Settings(
-        database_url=_with_dbname(admin_settings.database_url, args.database),
+        database_url=with_dbname(admin_settings.database_url, args.database),
         topic=f"bench-{tag}", consumer_group=f"bench-{tag}",
         ingest_max_poll_records=args.max_poll_records, projection_page_size=args.page_size,
     )
@@ -452,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         created_db = True
         ensure_topics(settings.kafka_servers, settings.topic, settings.dead_letter_topic, partitions=PARTITIONS)
         created_topic = True
-        _say(f"bench: topic {settings.topic}, database {args.database}, {n:,} events, {args.customers:,} customers")
+        say(f"bench: topic {settings.topic}, database {args.database}, {n:,} events, {args.customers:,} customers")
 
         published = publish_in_child(settings, args.customers, n, args.seed)
         r: dict[str, Any] = {
@@ -494,26 +444,26 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
         return 0
     except KeyboardInterrupt:
-        _say("interrupted")
+        say("interrupted")
         return 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for consumer in clients:
-            _quietly("closing the ingest consumer", lambda c=consumer: c.consumer.close(autocommit=False))
-            _quietly("closing the dead-letter producer", lambda c=consumer: c.dead_letters.producer.close(timeout=10))
+            quietly("closing the ingest consumer", lambda c=consumer: c.consumer.close(autocommit=False))
+            quietly("closing the dead-letter producer", lambda c=consumer: c.dead_letters.producer.close(timeout=10))
         if store is not None:
-            _quietly("closing the event store", store.close)
+            quietly("closing the event store", store.close)
         if args.keep:
-            _say(f"kept: database {args.database}, topics {settings.topic} and {settings.dead_letter_topic}")
+            say(f"kept: database {args.database}, topics {settings.topic} and {settings.dead_letter_topic}")
         else:
             if created_topic:
-                _quietly("deleting the topics", lambda: delete_topics(
+                quietly("deleting the topics", lambda: delete_topics(
                     settings.kafka_servers, [settings.topic, settings.dead_letter_topic]))
-                _quietly("deleting the consumer group", lambda: _delete_group(settings.kafka_servers,
+                quietly("deleting the consumer group", lambda: delete_group(settings.kafka_servers,
                                                                              settings.consumer_group))
             if created_db:
-                _quietly(f"dropping database {args.database}", lambda: drop_database(admin_settings, args.database))
+                quietly(f"dropping database {args.database}", lambda: drop_database(admin_settings, args.database))
 
 
 if __name__ == "__main__":

@@ -37,16 +37,8 @@ import psycopg  # noqa: E402
 from kafka import TopicPartition  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.ingest import (  # noqa: E402
-    PARTITIONS,
-    _delete_group,
-    _quietly,
-    _say,
-    _with_dbname,
-    create_database,
-    drop_database,
-    publish_in_child,
-)
+from bench.common import PARTITIONS, create_database, delete_group, drop_database, quietly, say, with_dbname  # noqa: E402
+from bench.ingest import publish_in_child  # noqa: E402
 from consumers.ingest import kafka_consumer  # noqa: E402
 from domain.contract import parse_envelope  # noqa: E402
 from domain.customer import customer_id_for  # noqa: E402
@@ -196,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     databases = {phase: f"rapport_bench_scale_{phase}" for phase in ("bare", "one", "many")}
 
     def settings_for(phase: str) -> Settings:
-        return Settings(database_url=_with_dbname(admin.database_url, databases[phase]), topic=topic,
+        return Settings(database_url=with_dbname(admin.database_url, databases[phase]), topic=topic,
                         consumer_group=f"{topic}-{phase}", ingest_max_poll_records=args.max_poll_records)
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -207,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             create_database(admin, name)
             created.append(name)
         ensure_topics(base.kafka_servers, topic, base.dead_letter_topic, partitions=PARTITIONS)
-        _say(f"bench: topic {topic}, {n:,} events, {customers:,} customers")
+        say(f"bench: topic {topic}, {n:,} events, {customers:,} customers")
         published = publish_in_child(base, customers, n, seed=11)
         r: dict[str, Any] = {"events": n, "customers": published["customers"],
                              "publish_eps": n / published["publish_s"]}
@@ -231,19 +223,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
         return 0
     except KeyboardInterrupt:
-        _say("interrupted")
+        say("interrupted")
         return 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if args.keep:
-            _say(f"kept: topic {topic}, databases {', '.join(created)}")
+            say(f"kept: topic {topic}, databases {', '.join(created)}")
         else:
-            _quietly("deleting the topics", lambda: delete_topics(base.kafka_servers, [topic, base.dead_letter_topic]))
+            quietly("deleting the topics", lambda: delete_topics(base.kafka_servers, [topic, base.dead_letter_topic]))
             for phase in ("bare", "one", "many"):
-                _quietly("deleting a consumer group", lambda p=phase: _delete_group(base.kafka_servers, f"{topic}-{p}"))
+                quietly("deleting a consumer group", lambda p=phase: delete_group(base.kafka_servers, f"{topic}-{p}"))
             for name in created:
-                _quietly(f"dropping {name}", lambda d=name: drop_database(admin, d))
+                quietly(f"dropping {name}", lambda d=name: drop_database(admin, d))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import psycopg  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.ingest import _say, _with_dbname, create_database  # noqa: E402
+from bench.common import create_database, say, with_dbname  # noqa: E402
 from domain.contract import parse_envelope  # noqa: E402
 from domain.customer import Customer, customer_id_for  # noqa: E402
 from eventstore.store import EventIdRow, PartitionCounts  # noqa: E402
@@ -197,7 +197,7 @@ def copy_read_models(settings: Settings, copies: int) -> dict[str, Any]:
                     cur = conn.execute(f"UPDATE {name} SET " + ", ".join(f'"{c}" = "{c}" * %s' for c in summed),
                                        [copies] * len(summed))
                 rows[table.name] = cur.rowcount
-                _say(f"copies: {table.name}: {cur.rowcount} rows in {time.perf_counter() - started:.0f} s")
+                say(f"copies: {table.name}: {cur.rowcount} rows in {time.perf_counter() - started:.0f} s")
     return {"copies": copies, "copy_s": time.perf_counter() - t0, "copied_rows": rows}
 
 
@@ -250,26 +250,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     admin = Settings()
-    settings = Settings(database_url=_with_dbname(admin.database_url, args.database))
+    settings = Settings(database_url=with_dbname(admin.database_url, args.database))
     result: dict[str, Any] = {"database": args.database, "customers": args.customers, "events": args.events,
                               "heavy_events": args.heavy, "heavy_customer": f"{HEAVY_PREFIX}0000001" if args.heavy
                               else None, "months": args.months, "seed": args.seed, "python": platform.python_version(),
                               "started_at": datetime.now(UTC).isoformat()}
     if not args.copies_only:
-        _say(f"creating database {args.database}")
+        say(f"creating database {args.database}")
         create_database(admin, args.database)
         result |= store_events(settings, args)
-        _say(f"stored {result['stored_events']} events in {result['store_s']:.0f} s "
+        say(f"stored {result['stored_events']} events in {result['store_s']:.0f} s "
              f"({result['store_eps']:.0f} events/s)")
         result |= project(settings)
-        _say(f"projected {result['projected_events']} events in {result['project_s']:.0f} s "
+        say(f"projected {result['projected_events']} events in {result['project_s']:.0f} s "
              f"({result['project_eps']:.0f} events/s)")
     if args.copies > 1:
         result |= copy_read_models(settings, args.copies)
     result["vacuum_analyze_s"] = vacuum_analyze(settings)
     result |= sizes(settings)
     write_meta(settings, result)
-    _say(f"read models: {result['read_model_customers']} customers, {result['read_model_events']} timeline events; "
+    say(f"read models: {result['read_model_customers']} customers, {result['read_model_events']} timeline events; "
          f"event store: {result['event_store_rows']} events; database {result['database_mb']} MB")
     print(json.dumps(result, default=str))
     return 0

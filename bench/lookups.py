@@ -27,7 +27,6 @@ import multiprocessing as mp
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +45,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import psycopg  # noqa: E402
 
-from bench.ingest import _say, _with_dbname  # noqa: E402
+from bench.common import http_get, rapport_api, say, with_dbname  # noqa: E402
 from services import bootstrap  # noqa: E402
 from services.settings import Settings  # noqa: E402
 
@@ -61,18 +60,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def _tree(pid: int) -> list[int]:
@@ -155,38 +142,14 @@ class RssSampler:
 
 @contextmanager
 def api_process(database_url: str, port: int, workers: int | None) -> Iterator[subprocess.Popen[bytes]]:
-    env = dict(os.environ, RAPPORT_DATABASE_URL=database_url, RAPPORT_API_PORT=str(port),
-               RAPPORT_LOG_LEVEL="WARNING")  # no access log line per request
+    env = {"RAPPORT_DATABASE_URL": database_url, "RAPPORT_API_PORT": str(port),
+           "RAPPORT_LOG_LEVEL": "WARNING"}  # no access log line per request
     if workers is not None:
         env["RAPPORT_API_WORKERS"] = str(workers)
-    rapport = Path(sys.executable).with_name("rapport")
-    command = [str(rapport), "api"] if rapport.exists() else [sys.executable, "-m", "services.cli", "api"]
     log_path = Path(tempfile.gettempdir()) / f"bench-lookups-api-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"rapport api exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                if _get(port, "/health", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rapport api did not answer in 90 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
+    with rapport_api(env, port, log_path) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        _say(f"rapport api exited with {process.returncode} (log: {log_path})")
+    say(f"rapport api exited with {process.returncode}")
 
 
 # --- fixed-rate load (a separate process) -----------------------------------------------------
@@ -364,7 +327,7 @@ def _years_before(day: date, years: int) -> date:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     admin = Settings()
-    url = _with_dbname(admin.database_url, args.database)
+    url = with_dbname(admin.database_url, args.database)
     DB.update(conninfo=bootstrap.conninfo(Settings(database_url=url)), dbname=args.database)
     ids, info = sample_ids(DB["conninfo"], args.ids)
     heavy = info.get("heavy_customer")
@@ -380,27 +343,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with api_process(url, port, args.workers) as api, RssSampler(api.pid) as rss:
             for path in (paths[0], trend, "/lifecycle/stages", *([path_of(heavy)] if heavy else [])):
-                status, body = _get(port, path)
+                status, body = http_get(port, path, timeout=10)
                 if status != 200:
                     raise RuntimeError(f"{path}: HTTP {status}: {body[:300]!r}")
-            _say(f"warm-up: GET /customers/{{id}} at {args.rate:g}/s for {args.warmup:g} s")
+            say(f"warm-up: GET /customers/{{id}} at {args.rate:g}/s for {args.warmup:g} s")
             fixed_rate(port, api.pid, paths, args.rate, args.warmup, args.connections, "warm-up")
             loads: dict[str, dict[str, Any]] = {}
-            _say(f"(a) GET /customers/{{id}} at {args.rate:g}/s for {args.duration:g} s")
+            say(f"(a) GET /customers/{{id}} at {args.rate:g}/s for {args.duration:g} s")
             loads["lookup"] = fixed_rate(port, api.pid, paths, args.rate, args.duration, args.connections,
                                          f"GET /customers/{{id}} ({len(ids)} random ids) at {args.rate:g}/s")
-            _say(f"(b) wrk, {args.wrk_connections} connections, {args.wrk_duration:g} s: /health, then /customers/{{id}}")
+            say(f"(b) wrk, {args.wrk_connections} connections, {args.wrk_duration:g} s: /health, then /customers/{{id}}")
             health = wrk(port, api.pid, WRK_HEALTH, [], args.wrk_connections, args.wrk_duration,
                          "GET /health (baseline: server + SELECT 1)")
             lookup = wrk(port, api.pid, WRK_SCRIPT, [f.name], args.wrk_connections, args.wrk_duration,
                          "GET /customers/{id}, random ids")
-            _say(f"(c) trend and stages at {args.slow_rate:g}/s for {args.duration:g} s each")
+            say(f"(c) trend and stages at {args.slow_rate:g}/s for {args.duration:g} s each")
             loads["trend"] = fixed_rate(port, api.pid, [trend], args.slow_rate, args.duration, 4,
                                         f"GET {trend} at {args.slow_rate:g}/s")
             loads["stages"] = fixed_rate(port, api.pid, ["/lifecycle/stages"], args.slow_rate, args.duration, 4,
                                          f"GET /lifecycle/stages at {args.slow_rate:g}/s")
             if heavy:
-                _say(f"(d) {heavy} alone at {args.rate:g}/s for {args.heavy_duration:g} s")
+                say(f"(d) {heavy} alone at {args.rate:g}/s for {args.heavy_duration:g} s")
                 loads["heavy"] = fixed_rate(port, api.pid, [path_of(heavy)], args.rate, args.heavy_duration,
                                             args.connections, f"GET /customers/{heavy} "
                                             f"({info.get('heavy_events')} events) at {args.rate:g}/s")

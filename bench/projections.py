@@ -63,20 +63,18 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import psycopg  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.ingest import (  # noqa: E402
+from bench.common import (  # noqa: E402
     PARTITIONS,
-    _delete_group,
-    _peak_rss_mb,
-    _profiled,
-    _quietly,
-    _rss_mb,
-    _say,
-    _with_dbname,
     create_database,
+    delete_group,
     drop_database,
-    ingest,
-    publish_in_child,
+    http_get,
+    quietly,
+    rapport_api,
+    say,
+    with_dbname,
 )
+from bench.ingest import _peak_rss_mb, _profiled, _rss_mb, ingest, publish_in_child  # noqa: E402
 from eventstore import tables  # noqa: E402
 from projections.runner import PARKED_TABLE, TRACKING_TABLE, UNAVAILABLE, tracking_name  # noqa: E402
 from services import bootstrap  # noqa: E402
@@ -157,7 +155,7 @@ class CpuMeter:
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
-            _quietly("sampling PostgreSQL CPU", self._sample)
+            quietly("sampling PostgreSQL CPU", self._sample)
 
     def __enter__(self) -> CpuMeter:
         self._sample(first=True)
@@ -173,7 +171,7 @@ class CpuMeter:
         busy1, total1 = _machine_busy()
         self._stop.set()
         self._thread.join()
-        _quietly("sampling PostgreSQL CPU", self._sample)
+        quietly("sampling PostgreSQL CPU", self._sample)
         self.conn.close()
         self.postgres = sum(self.last[p] - self.first[p] for p in self.last)
         busy0, total0 = self.machine0
@@ -237,7 +235,7 @@ def database_has_events(admin: Settings, dbname: str) -> bool:
     with psycopg.connect(bootstrap.conninfo(admin), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
             return False
-    conninfo = bootstrap.conninfo(Settings(database_url=_with_dbname(admin.database_url, dbname)))
+    conninfo = bootstrap.conninfo(Settings(database_url=with_dbname(admin.database_url, dbname)))
     with psycopg.connect(conninfo) as conn:
         present = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
                                (tables.EVENTS, META_TABLE)).fetchone()[0]
@@ -376,7 +374,7 @@ def check_read_models(conninfo: str, events: int, customers: int) -> dict[str, A
                 "lifecycle_facts": events, "parked": 0}
     wrong = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
     if wrong:
-        _say(f"WARNING: read models do not match the store (found, expected): {wrong}")
+        say(f"WARNING: read models do not match the store (found, expected): {wrong}")
     return {"read_model_rows": found, "read_models_match": not wrong}
 
 
@@ -395,16 +393,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _get(host: str, port: int, path: str, timeout: float = 30) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def _fixed_rate_load(host: str, port: int, paths: list[str], rate: float, duration: float, connections: int,
@@ -488,39 +476,13 @@ def why_not_wrk() -> str:
 
 @contextmanager
 def api_process(settings: Settings, port: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = dict(os.environ)
-    env.update({
+    env = {
         "RAPPORT_DATABASE_URL": settings.database_url, "RAPPORT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "RAPPORT_TOPIC": settings.topic, "RAPPORT_CONSUMER_GROUP": settings.consumer_group,
         "RAPPORT_API_PORT": str(port), "RAPPORT_LOG_LEVEL": "WARNING",  # no access log line per request
-    })
-    rapport = Path(sys.executable).with_name("rapport")
-    command = [str(rapport), "api"] if rapport.exists() else [sys.executable, "-m", "services.cli", "api"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"rapport api exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                if _get("127.0.0.1", port, "/lifecycle/stages", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rapport api did not answer in 90 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
+    }
+    with rapport_api(env, port, log_path, ready_path="/lifecycle/stages", stop_seconds=15) as process:
         yield process
-        log_path.unlink(missing_ok=True)  # kept when something went wrong
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
 
 
 def data_span(conninfo: str) -> tuple[datetime, datetime]:
@@ -604,13 +566,13 @@ def api_latency(settings: Settings, conninfo: str, rate: float, duration: float,
         result["api_rss_start_mb"] = _process_rss_mb(api.pid)
         for name, label, paths in loads:
             for path in paths:
-                status, body = _get("127.0.0.1", port, path)
+                status, body = http_get(port, path)
                 if status != 200:
                     raise RuntimeError(f"{path}: HTTP {status}: {body[:300]!r}")
             if warmup > 0:  # the read pool grows, plans and caches warm: not measured
-                _say(f"warm-up: {label} at {rate:g}/s for {warmup:g} s")
+                say(f"warm-up: {label} at {rate:g}/s for {warmup:g} s")
                 _run_load(ctx, port, paths, rate, warmup, connections, api.pid)
-            _say(f"load: {label} at {rate:g}/s for {duration:g} s")
+            say(f"load: {label} at {rate:g}/s for {duration:g} s")
             answer = _run_load(ctx, port, paths, rate, duration, connections, api.pid)
             results = [r for r in answer["results"] if r is not None]
             ok = [r for r in results if r[4] == 200]
@@ -687,7 +649,7 @@ def _again_if_postgres_went_away(what: str, phase: Callable[[], dict[str, Any]],
         except UNAVAILABLE as error:
             if attempt == retries:
                 raise
-            _say(f"{what}: PostgreSQL went away ({str(error).strip()}); waiting for it, then measuring again")
+            say(f"{what}: PostgreSQL went away ({str(error).strip()}); waiting for it, then measuring again")
             deadline = time.monotonic() + 300
             while True:
                 time.sleep(2)
@@ -849,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, admin_settings)
     tag = uuid.uuid4().hex[:8]
     settings = Settings(
-        database_url=_with_dbname(admin_settings.database_url, args.database),
+        database_url=with_dbname(admin_settings.database_url, args.database),
         topic=f"bench-{tag}", consumer_group=f"bench-{tag}", projection_page_size=args.page_size,
     )
     conninfo = bootstrap.conninfo(settings)
@@ -862,17 +824,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reuse = args.reuse and database_has_events(admin_settings, args.database)
         if args.reuse and not reuse:
-            _say(f"--reuse: database {args.database} holds no events; loading it")
+            say(f"--reuse: database {args.database} holds no events; loading it")
         if reuse:
             loaded = reused(settings)
-            _say(f"bench: reusing database {args.database} ({loaded['events']:,} events, loaded {loaded['loaded_at']})")
+            say(f"bench: reusing database {args.database} ({loaded['events']:,} events, loaded {loaded['loaded_at']})")
             r |= {k: v for k, v in loaded.items()} | {"reused": True}
         else:
             create_database(admin_settings, args.database)
             created_db = True
             ensure_topics(settings.kafka_servers, settings.topic, settings.dead_letter_topic, partitions=PARTITIONS)
             created_topic = True
-            _say(f"bench: topic {settings.topic}, database {args.database}, {args.events:,} events, "
+            say(f"bench: topic {settings.topic}, database {args.database}, {args.events:,} events, "
                  f"{args.customers:,} customers")
             r |= load(args, settings, clients) | {"events": args.events, "reused": False}
         r["ingest_eps"] = r["ingest_events_per_s"]
@@ -915,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile_text = profile_report(r["profile_path"])
             except UNAVAILABLE as error:
                 r["profile_error"] = f"PostgreSQL went away {args.retries + 1} times: {str(error).strip()}"
-                _say(f"profiled catch-up: {r['profile_error']}; no profile")
+                say(f"profiled catch-up: {r['profile_error']}; no profile")
         store.close()
         store = None
         r["total_s"] = time.perf_counter() - started
@@ -934,27 +896,27 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_rounded(headline | {k: v for k, v in r.items() if k not in headline})), flush=True)
         return 0
     except KeyboardInterrupt:
-        _say("interrupted")
+        say("interrupted")
         return 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for consumer in clients:
-            _quietly("closing the ingest consumer", lambda c=consumer: c.consumer.close(autocommit=False))
-            _quietly("closing the dead-letter producer", lambda c=consumer: c.dead_letters.producer.close(timeout=10))
+            quietly("closing the ingest consumer", lambda c=consumer: c.consumer.close(autocommit=False))
+            quietly("closing the dead-letter producer", lambda c=consumer: c.dead_letters.producer.close(timeout=10))
         if store is not None:
-            _quietly("closing the event store", store.close)
+            quietly("closing the event store", store.close)
         if args.keep:
-            _say(f"kept: database {args.database}" + (f", topics {settings.topic} and {settings.dead_letter_topic}"
+            say(f"kept: database {args.database}" + (f", topics {settings.topic} and {settings.dead_letter_topic}"
                                                       if created_topic else ""))
         else:
             if created_topic:
-                _quietly("deleting the topics", lambda: delete_topics(
+                quietly("deleting the topics", lambda: delete_topics(
                     settings.kafka_servers, [settings.topic, settings.dead_letter_topic]))
-                _quietly("deleting the consumer group", lambda: _delete_group(settings.kafka_servers,
+                quietly("deleting the consumer group", lambda: delete_group(settings.kafka_servers,
                                                                              settings.consumer_group))
             if args.reuse or created_db:
-                _quietly(f"dropping database {args.database}", lambda: drop_database(admin_settings, args.database))
+                quietly(f"dropping database {args.database}", lambda: drop_database(admin_settings, args.database))
 
 
 if __name__ == "__main__":
