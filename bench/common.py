@@ -4,12 +4,13 @@ consumer groups, clean-up that never hides the result, and a `rapport api` child
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from psycopg import sql
 
 from services import bootstrap
 from services.settings import Settings
+from services.topics import delete_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 6  # of every throwaway topic: the ingest processes share them
@@ -82,6 +84,29 @@ def http_get(port: int, path: str, timeout: float = 30) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def json_line(result: Mapping[str, Any], digits: int = 3) -> str:
+    """A benchmark's last line: its figures as one JSON object, floats rounded."""
+    return json.dumps({k: (round(v, digits) if isinstance(v, float) else v) for k, v in result.items()})
+
+
+def ignore_signals() -> None:
+    """Let the clean-up finish: a second Ctrl-C or SIGTERM must not leave throwaways behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def remove_throwaways(admin: Settings, servers: list[str], topics: Iterable[str] = (), groups: Iterable[str] = (),
+                      databases: Iterable[str] = ()) -> None:
+    """Delete a benchmark's topics and consumer groups and drop its databases, saying what failed."""
+    topics = list(topics)
+    if topics:
+        quietly("deleting the topics", lambda: delete_topics(servers, topics))
+    for group in groups:
+        quietly(f"deleting the consumer group {group}", lambda g=group: delete_group(servers, g))
+    for name in databases:
+        quietly(f"dropping database {name}", lambda d=name: drop_database(admin, d))
 
 
 @contextmanager

@@ -39,11 +39,19 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from kafka import TopicPartition  # noqa: E402
 
-from bench.common import PARTITIONS, create_database, delete_group, drop_database, quietly, say, with_dbname  # noqa: E402
+from bench.common import (  # noqa: E402
+    PARTITIONS,
+    create_database,
+    ignore_signals,
+    json_line,
+    remove_throwaways,
+    say,
+    with_dbname,
+)
 from consumers.ingest import kafka_consumer, kafka_producer  # noqa: E402
 from services import bootstrap  # noqa: E402
 from services.settings import Settings  # noqa: E402
-from services.topics import delete_topics, ensure_topics  # noqa: E402
+from services.topics import ensure_topics  # noqa: E402
 from tools.demo_data import generate_demo_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,21 +335,16 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {v:,}" for k, v in r["read_model_lag_max"].items()))
         print("peak RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in by_kind.items())
               + "; growth over the second half: " + ", ".join(f"{k} {v:.0f}" for k, v in flat.items()))
-        print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+        print(json_line(r, digits=2), flush=True)
         return 0 if not unseen else 1
     except KeyboardInterrupt:
         say("interrupted")
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_signals()
         if not args.keep:
-            quietly("deleting the topics", lambda: delete_topics(settings.kafka_servers,
-                                                                  [settings.topic, settings.dead_letter_topic]))
-            quietly("deleting the consumer group", lambda: delete_group(settings.kafka_servers,
-                                                                         settings.consumer_group))
-            if created:
-                quietly(f"dropping {database}", lambda: drop_database(admin, database))
+            remove_throwaways(admin, settings.kafka_servers, topics=[settings.topic, settings.dead_letter_topic],
+                              groups=[settings.consumer_group], databases=[database] if created else [])
 
 
 if __name__ == "__main__":

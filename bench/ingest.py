@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -45,11 +44,20 @@ import psycopg  # noqa: E402
 from kafka import TopicPartition  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.common import PARTITIONS, create_database, delete_group, drop_database, quietly, say, with_dbname  # noqa: E402
+from bench.common import (  # noqa: E402
+    PARTITIONS,
+    create_database,
+    ignore_signals,
+    json_line,
+    quietly,
+    remove_throwaways,
+    say,
+    with_dbname,
+)
 from consumers.ingest import kafka_consumer, kafka_producer  # noqa: E402
 from services import bootstrap  # noqa: E402
 from services.settings import Settings  # noqa: E402
-from services.topics import delete_topics, ensure_topics  # noqa: E402
+from services.topics import ensure_topics  # noqa: E402
 from tools.demo_data import generate_demo_data  # noqa: E402
 
 MB = 1024 * 1024
@@ -441,14 +449,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         r["total_s"] = time.perf_counter() - started
         print(_table(r))
-        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+        print(json_line(r), flush=True)
         return 0
     except KeyboardInterrupt:
         say("interrupted")
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_signals()
         for consumer in clients:
             quietly("closing the ingest consumer", lambda c=consumer: c.consumer.close(autocommit=False))
             quietly("closing the dead-letter producer", lambda c=consumer: c.dead_letters.producer.close(timeout=10))
@@ -457,14 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             say(f"kept: database {args.database}, topics {settings.topic} and {settings.dead_letter_topic}")
         else:
-            if created_topic:
-                quietly("deleting the topics", lambda: delete_topics(
-                    settings.kafka_servers, [settings.topic, settings.dead_letter_topic]))
-                quietly("deleting the consumer group", lambda: delete_group(settings.kafka_servers,
-                                                                             settings.consumer_group))
-            if created_db:
-                quietly(f"dropping database {args.database}", lambda: drop_database(admin_settings, args.database))
-
+            remove_throwaways(admin_settings, settings.kafka_servers,
+                              topics=[settings.topic, settings.dead_letter_topic] if created_topic else [],
+                              groups=[settings.consumer_group] if created_topic else [],
+                              databases=[args.database] if created_db else [])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,7 +20,6 @@ all dropped at exit (also on Ctrl-C) unless --keep.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -37,14 +36,22 @@ import psycopg  # noqa: E402
 from kafka import TopicPartition  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.common import PARTITIONS, create_database, delete_group, drop_database, quietly, say, with_dbname  # noqa: E402
+from bench.common import (  # noqa: E402
+    PARTITIONS,
+    create_database,
+    ignore_signals,
+    json_line,
+    remove_throwaways,
+    say,
+    with_dbname,
+)
 from bench.ingest import publish_in_child  # noqa: E402
 from consumers.ingest import kafka_consumer  # noqa: E402
 from domain.contract import parse_envelope  # noqa: E402
 from domain.customer import customer_id_for  # noqa: E402
 from services import bootstrap  # noqa: E402
 from services.settings import Settings  # noqa: E402
-from services.topics import delete_topics, ensure_topics  # noqa: E402
+from services.topics import ensure_topics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,22 +227,18 @@ def main(argv: list[str] | None = None) -> int:
               f"RSS max {one['rss_mb_max']:.0f} MB")
         print(f"  ingest, {args.processes} processes       {many['eps']:>10,.0f} events/s  ratio "
               f"{many['eps'] / r['bare_eps']:.2f}  RSS max {many['rss_mb_max']:.0f} MB per process")
-        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+        print(json_line(r), flush=True)
         return 0
     except KeyboardInterrupt:
         say("interrupted")
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_signals()
         if args.keep:
             say(f"kept: topic {topic}, databases {', '.join(created)}")
         else:
-            quietly("deleting the topics", lambda: delete_topics(base.kafka_servers, [topic, base.dead_letter_topic]))
-            for phase in ("bare", "one", "many"):
-                quietly("deleting a consumer group", lambda p=phase: delete_group(base.kafka_servers, f"{topic}-{p}"))
-            for name in created:
-                quietly(f"dropping {name}", lambda d=name: drop_database(admin, d))
+            remove_throwaways(admin, base.kafka_servers, topics=[topic, base.dead_letter_topic],
+                              groups=[f"{topic}-{phase}" for phase in databases], databases=created)
 
 
 if __name__ == "__main__":

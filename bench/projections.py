@@ -66,11 +66,11 @@ from tqdm import tqdm  # noqa: E402
 from bench.common import (  # noqa: E402
     PARTITIONS,
     create_database,
-    delete_group,
-    drop_database,
     http_get,
+    ignore_signals,
     quietly,
     rapport_api,
+    remove_throwaways,
     say,
     with_dbname,
 )
@@ -80,7 +80,7 @@ from projections.runner import PARKED_TABLE, TRACKING_TABLE, UNAVAILABLE, tracki
 from services import bootstrap  # noqa: E402
 from services.cli import tune_garbage_collector  # noqa: E402
 from services.settings import Settings  # noqa: E402
-from services.topics import delete_topics, ensure_topics  # noqa: E402
+from services.topics import ensure_topics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE = "rapport_bench_projections"
@@ -899,8 +899,7 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted")
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_signals()
         for consumer in clients:
             quietly("closing the ingest consumer", lambda c=consumer: c.consumer.close(autocommit=False))
             quietly("closing the dead-letter producer", lambda c=consumer: c.dead_letters.producer.close(timeout=10))
@@ -910,14 +909,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"kept: database {args.database}" + (f", topics {settings.topic} and {settings.dead_letter_topic}"
                                                       if created_topic else ""))
         else:
-            if created_topic:
-                quietly("deleting the topics", lambda: delete_topics(
-                    settings.kafka_servers, [settings.topic, settings.dead_letter_topic]))
-                quietly("deleting the consumer group", lambda: delete_group(settings.kafka_servers,
-                                                                             settings.consumer_group))
-            if args.reuse or created_db:
-                quietly(f"dropping database {args.database}", lambda: drop_database(admin_settings, args.database))
-
+            remove_throwaways(admin_settings, settings.kafka_servers,
+                              topics=[settings.topic, settings.dead_letter_topic] if created_topic else [],
+                              groups=[settings.consumer_group] if created_topic else [],
+                              databases=[args.database] if args.reuse or created_db else [])
 
 if __name__ == "__main__":
     sys.exit(main())

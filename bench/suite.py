@@ -21,10 +21,10 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, json_line
+
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 BENCHMARKS = ("ingest", "freshness", "projections", "lookups")
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         rss["api"] = max(rss.get("api", 0.0), r["api_rss_mb_max"])
     result["rss_mb"] = rss
     result["rss_mb_max"] = max(rss.values(), default=0.0)
-    print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()}), flush=True)
+    print(json_line(result, digits=2), flush=True)
     return 0
 
 
