@@ -67,15 +67,23 @@ class IngestStats:
 
 
 @dataclass(frozen=True)
-class _BatchInDoubt:
-    """A batch whose commit got no answer: PostgreSQL may have stored it before the connection was
-    cut. The stored positions decide, once the database answers again."""
+class _Batch:
+    """What one batch did, added to the running totals once it is known to be stored. A batch whose
+    commit got no answer may have been stored before the connection was cut: the stored positions
+    decide (`last_offsets`), once the database answers again."""
 
     last_offsets: dict[int, int]
     messages: int
     stored: int
     duplicates: int
     dead_lettered: int
+
+    def count(self, stats: IngestStats) -> None:
+        stats.messages += self.messages
+        stats.stored += self.stored
+        stats.duplicates += self.duplicates
+        stats.dead_lettered += self.dead_lettered
+        stats.batches += 1
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,7 @@ class IngestConsumer:
         # again (after a failed batch, or an assignment while PostgreSQL was away). They are
         # paused meanwhile, so no message of theirs is fetched or returned.
         self._unpositioned: set[TopicPartition] = set()
-        self._in_doubt: _BatchInDoubt | None = None
+        self._in_doubt: _Batch | None = None
         self._stop = threading.Event()  # `run` passes its own: a SIGTERM cuts a back-off short
 
     # -- positions -----------------------------------------------------------------------
@@ -238,11 +246,7 @@ class IngestConsumer:
         if set(batch.last_offsets) <= still_ours and all(stored.get(p, -1) >= o for p, o in batch.last_offsets.items()):
             log.info("the batch whose commit went unanswered was stored (%d events); it is counted once",
                      batch.stored)
-            self.stats.messages += batch.messages
-            self.stats.stored += batch.stored
-            self.stats.duplicates += batch.duplicates
-            self.stats.dead_lettered += batch.dead_lettered
-            self.stats.batches += 1
+            batch.count(self.stats)
         self._in_doubt = None
 
     # -- the loop ------------------------------------------------------------------------
@@ -341,6 +345,40 @@ class IngestConsumer:
 
     def process(self, records: Sequence[Any]) -> None:
         """Validate, deduplicate, apply to customers, dead-letter, then store all in one transaction."""
+        candidates, rejected = self._validate(records)
+        accepted, duplicates, conflicts = self._deduplicate(candidates)
+        rejected += conflicts
+        counts = self._partition_counts(records, accepted, duplicates, rejected)
+
+        facts = self._facts(accepted)
+        if rejected:
+            self.dead_letters.publish(rejected)
+        last_offsets: dict[int, int] = {}
+        for record in records:
+            last_offsets[record.partition] = max(last_offsets.get(record.partition, -1), record.offset)
+        batch = _Batch(last_offsets, len(records), len(accepted), len(duplicates), len(rejected))
+        try:
+            self.store.record(
+                facts,
+                positions=[Tracking(kafka_position_name(self.topic, p), o) for p, o in sorted(last_offsets.items())],
+                event_ids=[
+                    EventIdRow(a.envelope.event_id, a.fingerprint, customer_id_for(a.envelope.customer_key),
+                               a.record.topic, a.record.partition, a.record.offset)
+                    for a in accepted
+                ],
+                dead_letters=[
+                    DeadLetterRow(r.topic, r.partition, r.offset, reason, r.key, r.value or b"") for r, reason in rejected
+                ],
+                counters=counts,
+            )
+        except DATABASE_UNAVAILABLE:
+            self._in_doubt = batch
+            raise
+        batch.count(self.stats)
+
+    @staticmethod
+    def _validate(records: Sequence[Any]) -> tuple[list[_Accepted], list[tuple[Any, str]]]:
+        """Each message as an envelope, or with the reason it is dead-lettered."""
         rejected: list[tuple[Any, str]] = []
         candidates: list[_Accepted] = []
         for record in records:
@@ -358,39 +396,7 @@ class IngestConsumer:
                                          "report this to Rapport's maintainers with the message"))
                 continue
             candidates.append(_Accepted(record, envelope, envelope.fingerprint()))
-
-        accepted, duplicates, conflicts = self._deduplicate(candidates)
-        rejected += conflicts
-        counts = self._partition_counts(records, accepted, duplicates, rejected)
-
-        facts = self._facts(accepted)
-        if rejected:
-            self.dead_letters.publish(rejected)
-        last_offsets: dict[int, int] = {}
-        for record in records:
-            last_offsets[record.partition] = max(last_offsets.get(record.partition, -1), record.offset)
-        try:
-            self.store.record(
-                facts,
-                positions=[Tracking(kafka_position_name(self.topic, p), o) for p, o in sorted(last_offsets.items())],
-                event_ids=[
-                    EventIdRow(a.envelope.event_id, a.fingerprint, customer_id_for(a.envelope.customer_key),
-                               a.record.topic, a.record.partition, a.record.offset)
-                    for a in accepted
-                ],
-                dead_letters=[
-                    DeadLetterRow(r.topic, r.partition, r.offset, reason, r.key, r.value or b"") for r, reason in rejected
-                ],
-                counters=counts,
-            )
-        except DATABASE_UNAVAILABLE:
-            self._in_doubt = _BatchInDoubt(last_offsets, len(records), len(accepted), len(duplicates), len(rejected))
-            raise
-        self.stats.messages += len(records)
-        self.stats.stored += len(accepted)
-        self.stats.duplicates += len(duplicates)
-        self.stats.dead_lettered += len(rejected)
-        self.stats.batches += 1
+        return candidates, rejected
 
     @staticmethod
     def _partition_counts(records: Sequence[Any], accepted: Sequence[_Accepted], duplicates: Sequence[Any],
