@@ -11,10 +11,12 @@ identify such repeats), and exactly-once into the `rapport_dead_letters` table.
 Counters (stored, duplicates, dead-lettered, batches per partition): in the same transaction,
 so they are exact too.
 
-PostgreSQL going away (a restart, a cut connection) anywhere in a batch stores nothing of it:
-ingest forgets the stream versions it remembers, backs off (capped exponential), seeks back to the stored
-positions and tries again; after about 5 minutes without a stored batch it gives up (the error
-ends the process with exit code 1, for a supervisor to restart it).
+PostgreSQL going away (a restart, a cut connection) anywhere in a batch stores nothing of it (a
+connection cut just as it committed may have stored all of it: the stored offsets then say so,
+and the batch is counted once): ingest forgets the stream versions it remembers, backs off
+(capped exponential), seeks back to the stored positions and tries again; after about 5 minutes
+without a stored batch it gives up (the error ends the process with exit code 1, for a
+supervisor to restart it).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ class EventIdRow:
 
 
 # The database is away (restarting, unreachable, the connection was cut, a lock or statement
-# timed out): nothing of the transaction was stored, and the same work may succeed later.
+# timed out): the transaction was not stored (unless the connection was cut as it committed: the
+# stored offsets tell, see consumers/ingest.py), and the same work may succeed later.
 # eventsourcing wraps psycopg's errors in its own classes; a few paths raise psycopg's directly
 # (psycopg_pool's PoolTimeout is a psycopg OperationalError).
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
