@@ -21,7 +21,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError, StoredEv
 from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from psycopg.sql import SQL, Identifier
 
-from eventstore import tables
+from eventstore import chain, tables
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,11 @@ class InteractionRecorder(PostgresProcessRecorder):
         self.dead_letters_table = SQL("{}.{}").format(schema, Identifier(tables.DEAD_LETTERS))
         self.ingest_counters_table = SQL("{}.{}").format(schema, Identifier(tables.INGEST_COUNTERS))
         self._insert_columns_statement = SQL(
-            "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) RETURNING notification_id"
+            "INSERT INTO {}.{} (originator_id, originator_version, topic, state, hash) "
+            "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[], %b::bytea[]) "
+            "RETURNING notification_id"
         ).format(schema, Identifier(self.events_table_name))
+        self.events_table = SQL("{}.{}").format(schema, Identifier(self.events_table_name))
         self.sql_create_statements += [
             SQL(
                 "CREATE TABLE IF NOT EXISTS {} ("
@@ -227,33 +229,89 @@ class InteractionRecorder(PostgresProcessRecorder):
             )
             return {names[row["application_name"]]: row["notification_id"] for row in curs.fetchall()}
 
-    def stream_versions(self, originator_ids: Sequence[UUID]) -> dict[UUID, int]:
-        """The last version of each stream that exists, in one round trip: one backward step down
-        the (stream, version) key per stream, however long the stream."""
+    def chain_heads(self, originator_ids: Sequence[UUID], curs: Any = None) -> dict[UUID, tuple[int, bytes]]:
+        """The last version of each stream that exists and its hash, in one round trip: one backward
+        step down the (stream, version) key per stream, however long the stream."""
         if not originator_ids:
             return {}
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(
-                SQL(
-                    "SELECT s.id, (SELECT e.originator_version FROM {}.{} e WHERE e.originator_id = s.id "
-                    "ORDER BY e.originator_version DESC LIMIT 1) AS version FROM unnest(%s::uuid[]) AS s(id)"
-                ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name)),
-                (list(originator_ids),),
-            )
-            return {row["id"]: row["version"] for row in curs.fetchall() if row["version"] is not None}
+        statement = SQL(
+            "SELECT s.id, e.originator_version AS version, e.hash FROM unnest(%s::uuid[]) AS s(id) "
+            "CROSS JOIN LATERAL (SELECT originator_version, hash FROM {} WHERE originator_id = s.id "
+            "ORDER BY originator_version DESC LIMIT 1) e"
+        ).format(self.events_table)
+        if curs is not None:
+            curs.execute(statement, (list(originator_ids),))
+            rows = curs.fetchall()
+        else:
+            with self.datastore.get_connection() as conn, conn.cursor() as c:
+                c.execute(statement, (list(originator_ids),))
+                rows = c.fetchall()
+        return {row["id"]: (row["version"], row["hash"]) for row in rows}
 
-    def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+    def _insert_stored_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], *, chain_hashes: Sequence[bytes] | None = None,
+        **kwargs: Any,
+    ) -> None:
         # The library's version sends one array of a composite type, which psycopg dumps as text
         # (hex bytea) after the table lock is taken: ~16 µs per event with every other writer
-        # waiting. Four binary arrays carry the same rows in ~1 µs per event, dumped here before
-        # the lock. The lock and the notification are the library's, unchanged.
-        columns = (
+        # waiting. Binary arrays carry the same rows in ~1 µs per event, dumped here before the
+        # lock. The lock and the notification are the library's, unchanged.
+        columns = [
             [e.originator_id for e in stored_events], [e.originator_version for e in stored_events],
             [e.topic for e in stored_events], [e.state for e in stored_events],
-        )
+        ]
         self._lock_table(curs)
         self._notify_channel(curs)
+        if chain_hashes is None:
+            # A caller that did not link the events (the library's own `save`): link them to the
+            # heads read under the lock, which no other writer can move meanwhile.
+            heads = self.chain_heads(list({e.originator_id for e in stored_events}), curs)
+            chain_hashes = link_all(stored_events, {k: h for k, (_, h) in heads.items()})
+        columns.append(list(chain_hashes))
         curs.execute(self._insert_columns_statement, columns)
+
+    def create_table(self) -> None:
+        super().create_table()
+        self._add_hash_column()
+
+    def _add_hash_column(self) -> None:
+        """Event stores made before the hash chain get its column, and their events are linked once,
+        stream by stream in stored order (an upgrade; a new store has no rows to link)."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = %s AND column_name = %s", (self.events_table_name, chain.HASH_COLUMN),
+            )
+            if curs.fetchone() is not None:
+                return
+            # Writers wait until the column exists and every stored event is linked.
+            curs.execute(SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(self.events_table))
+            curs.execute(SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS hash bytea").format(self.events_table))
+            curs.execute(SQL("SELECT originator_id, originator_version, topic, state FROM {} "
+                             "ORDER BY originator_id, originator_version").format(self.events_table))
+            rows = curs.fetchall()
+            if rows:
+                stored = [StoredEvent(r["originator_id"], r["originator_version"], r["topic"], r["state"]) for r in rows]
+                hashes = link_all(stored, {})
+                curs.execute(
+                    SQL("UPDATE {} e SET hash = u.hash FROM unnest(%b::uuid[], %b::int8[], %b::bytea[]) "
+                        "AS u(id, version, hash) WHERE e.originator_id = u.id AND e.originator_version = u.version"
+                        ).format(self.events_table),
+                    ([e.originator_id for e in stored], [e.originator_version for e in stored], hashes),
+                )
+
+
+def link_all(stored_events: Sequence[StoredEvent], heads: dict[UUID, bytes]) -> list[bytes]:
+    """The chain hash of each event, in order, each stream going on from its head in `heads`
+    (absent: a new stream); `heads` is advanced to each stream's new head."""
+    hashes = []
+    for e in stored_events:
+        head = chain.link(heads.get(e.originator_id, chain.GENESIS), e.originator_id, e.originator_version,
+                          e.topic, e.state)
+        heads[e.originator_id] = head
+        hashes.append(head)
+    return hashes
+
 
 class InteractionLog(Application[UUID]):
     """The system of record: every customer's interactions, kept forever in PostgreSQL."""
@@ -262,11 +320,12 @@ class InteractionLog(Application[UUID]):
 
     def __init__(self, env: Mapping[str, str] | None = None, versions_kept: int = 200_000) -> None:
         super().__init__(env=env)
-        # customer id → version of its stream, least recently recorded first; kept current by our
-        # own saves. A stale entry (the partition moved to another member meanwhile) fails the
-        # store's unique (stream, version) key, and the batch is retried after `forget_stream_versions`.
-        self._versions: dict[UUID, int] = {}
-        self._versions_kept = max(versions_kept, 0)  # 0: read every version from the store
+        # customer id → (version, hash) of its stream's last event, least recently recorded first;
+        # kept current by our own saves. A stale entry (the partition moved to another member
+        # meanwhile) fails the store's unique (stream, version) key, and the batch is retried after
+        # `forget_stream_versions`.
+        self._heads: dict[UUID, tuple[int, bytes]] = {}
+        self._versions_kept = max(versions_kept, 0)  # 0: read every head from the store
 
     def construct_recorder(self) -> InteractionRecorder:  # type: ignore[override]
         factory = self.factory
@@ -292,37 +351,38 @@ class InteractionLog(Application[UUID]):
 
     def stream_versions(self, customer_ids: Iterable[UUID]) -> dict[UUID, int]:
         """The current version of each customer's stream (absent: no stream yet), from memory, and
-        every miss from the event store in one round trip."""
-        known = self._versions
-        found: dict[UUID, int] = {}
-        misses: list[UUID] = []
-        for customer_id in customer_ids:
-            version = known.get(customer_id)
-            if version is None:
-                misses.append(customer_id)
-            else:
-                found[customer_id] = version
+        every miss from the event store in one round trip (remembered until the next failed save)."""
+        heads = self._heads
+        misses = [customer_id for customer_id in customer_ids if customer_id not in heads]
         if misses:
-            found.update(self.interactions.stream_versions(misses))
-        return found
+            heads.update(self.interactions.chain_heads(misses))
+        return {customer_id: heads[customer_id][0] for customer_id in customer_ids if customer_id in heads}
 
     def record(self, events: Sequence[DomainEventProtocol[UUID]], **rows: Any) -> None:
         """Store new facts and Rapport's rows of the batch in one transaction (eventsourcing's
-        event store and recorder), then remember each stream's new version."""
-        self.events.put(events, **rows)
-        known = self._versions
-        for event in events:  # in stream order: the last one seen of a stream is its version
-            known.pop(event.originator_id, None)  # re-inserted: the dict stays in order of use
-            known[event.originator_id] = event.originator_version
-        excess = len(known) - self._versions_kept
+        event store and recorder), each linked to its stream's hash chain, then remember each
+        stream's new head."""
+        stored = [self.mapper.to_stored_event(event) for event in events]
+        heads = self._heads
+        misses = list({e.originator_id for e in stored if e.originator_id not in heads})
+        if misses:
+            heads.update(self.interactions.chain_heads(misses))
+        last_hashes = {customer_id: heads[customer_id][1] for customer_id in {e.originator_id for e in stored}
+                       if customer_id in heads}
+        hashes = link_all(stored, last_hashes)
+        self.recorder.insert_events(stored, chain_hashes=hashes, **rows)
+        for event, hash_ in zip(stored, hashes, strict=True):  # in stream order: the last one is the head
+            heads.pop(event.originator_id, None)  # re-inserted: the dict stays in order of use
+            heads[event.originator_id] = (event.originator_version, hash_)
+        excess = len(heads) - self._versions_kept
         if excess > 0:
-            for customer_id in list(itertools.islice(known, excess + self._versions_kept // 10)):
-                del known[customer_id]
+            for customer_id in list(itertools.islice(heads, excess + self._versions_kept // 10)):
+                del heads[customer_id]
 
     def forget_stream_versions(self) -> None:
-        """After a failed save the remembered versions may be ahead of the store (or, after a
+        """After a failed save the remembered heads may be ahead of the store (or, after a
         rebalance, behind it): read them again."""
-        self._versions.clear()
+        self._heads.clear()
 
 
 def store_env(database: Mapping[str, str]) -> dict[str, str]:

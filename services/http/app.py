@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.http import customers, errors, events, lifecycle, operations, satisfaction
+from services.http import audit, customers, errors, events, lifecycle, operations, satisfaction
 from services.http.lookup import CustomerLookup
 from services.http.resources import Resources
 from services.settings import Settings
@@ -39,4 +39,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(lifecycle.router)
     app.include_router(satisfaction.router)
     app.include_router(operations.router)
+    app.include_router(audit.router)
     return app

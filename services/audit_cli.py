@@ -1,0 +1,106 @@
+"""`rapport audit ...`: re-check the hash chains, keep the chain heads, read a customer's chain."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from services.settings import Settings
+
+EXIT_BROKEN = 1
+
+
+def add_parser(sub: Any, epilog: str) -> None:
+    p = sub.add_parser(
+        "audit", help="tamper evidence: verify the hash chains, keep the chain heads",
+        description="Every stored event carries a hash over its stored bytes, chained to the previous event of "
+        "its customer. These commands re-check the chains and keep their heads outside the database.",
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser(
+        "verify", help="re-check every chain (or one customer's); exit 1 if any is broken",
+        description="Recomputes every stored event's hash in PostgreSQL, cross-checks each customer's events "
+        "against the event_id index, and reports each altered, removed, reordered or inserted event with its "
+        "customer and position. With --heads, also checks that every chain head kept earlier is still stored "
+        "unchanged (which catches a chain rewritten whole). Exit code 0 when everything holds, 1 otherwise.")
+    a.add_argument("--customer", metavar="ID", help="check only this customer (its customer.id, email or phone)")
+    a.add_argument("--heads", type=Path, metavar="FILE", help="chain heads kept by `rapport audit heads --output`")
+    a.add_argument("--json", action="store_true", help="print the result as JSON (as GET /audit/verify)")
+    a.set_defaults(func=cmd_verify)
+    a = actions.add_parser(
+        "heads", help="write every chain head (and their digest) to keep outside the database",
+        description="Writes one JSON line per customer stream (stream_id, position, hash), then prints the SHA-256 "
+        "digest of them all. Keep the file, or publish the digest, somewhere the database's writers cannot "
+        "reach; `rapport audit verify --heads FILE` later proves that nothing recorded by then was rewritten.")
+    a.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the heads here (default: digest only)")
+    a.set_defaults(func=cmd_heads)
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from services import audit
+    from services.bootstrap import interaction_log, read_pool
+
+    interaction_log(settings).close()  # the event store's tables, linked if made before the hash chain
+    kept = _read_heads(args.heads) if args.heads else []
+    with read_pool(settings, max_size=1, timeout=30) as pool, pool.connection() as conn:
+        total = 1 if args.customer else audit.events_estimate(conn)
+        with tqdm(total=total, unit="ev", desc="verifying", file=sys.stderr, disable=args.json or None) as bar:
+            result = audit.verify(conn, args.customer, progress=bar.update)
+        if args.customer and result.streams_checked == 0:
+            print(f"rapport audit verify: no customer with id {args.customer!r}", file=sys.stderr)
+            return 2
+        if kept:
+            result.broken.extend(audit.check_heads(conn, kept))
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        print(f"checked {result.events_checked:,} events of {result.streams_checked:,} customers"
+              + (f" and {len(kept):,} kept chain heads" if kept else "")
+              + (": every chain holds" if result.ok else f": {len(result.broken)} broken"))
+        for f in result.broken:
+            print(f"  {f.customer_id or f.originator_id} position {f.position}: {f.problem}: {f.detail}")
+    return 0 if result.ok else EXIT_BROKEN
+
+
+def cmd_heads(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from services import audit
+    from services.bootstrap import interaction_log, read_pool
+
+    interaction_log(settings).close()  # the event store's tables, linked if made before the hash chain
+    out = args.output.open("w") if args.output else None
+    heads: list[dict[str, Any]] = []
+    try:
+        with read_pool(settings, max_size=1, timeout=30) as pool, pool.connection() as conn, \
+                tqdm(unit=" streams", desc="chain heads", file=sys.stderr) as bar:
+            for head in audit.heads(conn):
+                if head["hash"] is None:
+                    print("rapport audit heads: some stored events have no hash (written outside Rapport's ingest); "
+                          "`rapport audit verify` names them", file=sys.stderr)
+                    return 2
+                heads.append(head)
+                if out is not None:
+                    out.write(json.dumps(head) + "\n")
+                bar.update()
+    finally:
+        if out is not None:
+            out.close()
+    digest = audit.heads_digest(heads)
+    print(f"{len(heads):,} chain heads, {sum(h['position'] for h in heads):,} events; digest sha256:{digest}")
+    if args.output:
+        print(f"written to {args.output}; check later with: rapport audit verify --heads {args.output}")
+    return 0
+
+
+def _read_heads(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"rapport audit verify: cannot read chain heads from {path}: {error}") from None
