@@ -287,18 +287,19 @@ class InteractionRecorder(PostgresProcessRecorder):
             # Writers wait until the column exists and every stored event is linked.
             curs.execute(SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(self.events_table))
             curs.execute(SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS hash bytea").format(self.events_table))
-            curs.execute(SQL("SELECT originator_id, originator_version, topic, state FROM {} "
-                             "ORDER BY originator_id, originator_version").format(self.events_table))
-            rows = curs.fetchall()
-            if rows:
-                stored = [StoredEvent(r["originator_id"], r["originator_version"], r["topic"], r["state"]) for r in rows]
-                hashes = link_all(stored, {})
-                curs.execute(
-                    SQL("UPDATE {} e SET hash = u.hash FROM unnest(%b::uuid[], %b::int8[], %b::bytea[]) "
-                        "AS u(id, version, hash) WHERE e.originator_id = u.id AND e.originator_version = u.version"
-                        ).format(self.events_table),
-                    ([e.originator_id for e in stored], [e.originator_version for e in stored], hashes),
-                )
+            heads: dict[UUID, bytes] = {}
+            update = SQL("UPDATE {} e SET hash = u.hash FROM unnest(%b::uuid[], %b::int8[], %b::bytea[]) "
+                         "AS u(id, version, hash) WHERE e.originator_id = u.id AND e.originator_version = u.version"
+                         ).format(self.events_table)
+            with curs.connection.cursor(name="rapport_link_stored_events") as rows:
+                rows.execute(SQL("SELECT originator_id, originator_version, topic, state FROM {} "
+                                 "ORDER BY originator_id, originator_version").format(self.events_table))
+                while chunk := rows.fetchmany(10_000):
+                    stored = [StoredEvent(r["originator_id"], r["originator_version"], r["topic"], r["state"])
+                              for r in chunk]
+                    hashes = link_all(stored, heads)  # `heads` carries each stream across chunks
+                    curs.execute(update, ([e.originator_id for e in stored], [e.originator_version for e in stored],
+                                          hashes))
 
 
 def link_all(stored_events: Sequence[StoredEvent], heads: dict[UUID, bytes]) -> list[bytes]:
