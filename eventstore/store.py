@@ -97,6 +97,10 @@ class InteractionRecorder(PostgresProcessRecorder):
                 "source_topic text NOT NULL, source_partition int NOT NULL, source_offset bigint NOT NULL, "
                 "recorded_at timestamptz NOT NULL DEFAULT now())"
             ).format(self.event_ids_table),
+            # Each customer's indexed events: audits compare them with the stored stream, so that
+            # events deleted from a stream's end (where no gap shows) are found.
+            SQL("CREATE INDEX IF NOT EXISTS {} ON {} (originator_id)").format(
+                Identifier(f"{tables.EVENT_IDS}_originator_id"), self.event_ids_table),
             SQL(
                 "CREATE TABLE IF NOT EXISTS {} ("
                 "source_topic text NOT NULL, source_partition int NOT NULL, source_offset bigint NOT NULL, "

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, Mapper, StoredEvent, UUIDAsHex
+from psycopg_pool import ConnectionPool
 
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer, customer_id_for
 from eventstore import audit, chain
@@ -81,25 +84,47 @@ class Verification:
         return {"events_checked": self.events_checked, "ok": self.ok, "broken": [f.as_json() for f in self.broken]}
 
 
-def verify(conn: Any, customer_id: str | None = None, slices: int = 256,
-           progress: Callable[[int], None] | None = None) -> Verification:
-    """Re-check every chain (or one customer's): recompute each hash in PostgreSQL, then say
-    what is wrong with each stream that does not chain. `progress(events)` after each slice."""
+def verify(source: Any, customer_id: str | None = None, progress: Callable[[int], None] | None = None,
+           workers: int = 2, events_per_slice: int = 50_000) -> Verification:
+    """Re-check every chain (or one customer's): recompute each hash in PostgreSQL, then say what
+    is wrong with each stream that does not chain. `source` is a connection pool, whose
+    connections check slices of the store side by side (`workers`: PostgreSQL does the hashing, one
+    core per connection), or one connection. `progress(events)` after each slice."""
     result = Verification()
-    if customer_id is not None:
-        stream = customer_id_for(customer_id)
-        ranges = [(stream, stream)]
-    else:
-        ranges = audit.slices(slices)
-    for low, high in ranges:
-        checked, streams, suspects = audit.check_range(conn, low, high)
-        result.events_checked += checked
-        result.streams_checked += streams
+    with _connection(source) as conn:
+        if customer_id is not None:
+            stream = customer_id_for(customer_id)
+            ranges = [(stream, stream)]
+        else:
+            ranges = audit.slices(max(1, min(256, audit.last_notification_id(conn) // events_per_slice)))
+
+    def check(bounds: tuple[UUID, UUID]) -> tuple[int, int, list[UUID]]:
+        with _connection(source) as conn:
+            return audit.check_range(conn, *bounds)
+
+    suspects: list[UUID] = []
+    parallel = workers > 1 and len(ranges) > 1 and isinstance(source, ConnectionPool)
+    with ThreadPoolExecutor(max_workers=workers if parallel else 1) as pool:
+        for checked, streams, broken in pool.map(check, ranges):
+            result.events_checked += checked
+            result.streams_checked += streams
+            suspects.extend(broken)
+            if progress is not None:
+                progress(checked)
+    with _connection(source) as conn:
         for originator_id in suspects:
             result.broken.extend(audit.diagnose(conn, originator_id))
-        if progress is not None:
-            progress(checked)
     return result
+
+
+@contextmanager
+def _connection(source: Any) -> Iterator[Any]:
+    """A connection of a pool, or the one connection given."""
+    if isinstance(source, ConnectionPool):
+        with source.connection() as conn:
+            yield conn
+    else:
+        yield source
 
 
 def events_estimate(conn: Any) -> int:

@@ -30,6 +30,8 @@ def add_parser(sub: Any, epilog: str) -> None:
     a.add_argument("--customer", metavar="ID", help="check only this customer (its customer.id, email or phone)")
     a.add_argument("--heads", type=Path, metavar="FILE", help="chain heads kept by `rapport audit heads --output`")
     a.add_argument("--json", action="store_true", help="print the result as JSON (as GET /audit/verify)")
+    a.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="PostgreSQL connections checking side by side (default 2; about one core each)")
     a.set_defaults(func=cmd_verify)
     a = actions.add_parser(
         "heads", help="write every chain head (and their digest) to keep outside the database",
@@ -48,15 +50,17 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
     interaction_log(settings).close()  # the event store's tables, linked if made before the hash chain
     kept = _read_heads(args.heads) if args.heads else []
-    with read_pool(settings, max_size=1, timeout=30) as pool, pool.connection() as conn:
-        total = 1 if args.customer else audit.events_estimate(conn)
+    with read_pool(settings, max_size=args.workers, timeout=30) as pool:
+        with pool.connection() as conn:
+            total = 1 if args.customer else audit.events_estimate(conn)
         with tqdm(total=total, unit="ev", desc="verifying", file=sys.stderr, disable=args.json or None) as bar:
-            result = audit.verify(conn, args.customer, progress=bar.update)
+            result = audit.verify(pool, args.customer, progress=bar.update, workers=args.workers)
         if args.customer and result.streams_checked == 0:
             print(f"rapport audit verify: no customer with id {args.customer!r}", file=sys.stderr)
             return 2
         if kept:
-            result.broken.extend(audit.check_heads(conn, kept))
+            with pool.connection() as conn:
+                result.broken.extend(audit.check_heads(conn, kept))
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
     else:

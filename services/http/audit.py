@@ -40,8 +40,7 @@ def get_verify(
 ) -> dict[str, Any]:
     if customer is not None:
         customer = params.text("customer", customer)
-    with res.pool.connection() as conn:
-        result = audit.verify(conn, customer)
+    result = audit.verify(res.pool, customer)
     if customer is not None and result.streams_checked == 0:
         raise not_found(customer)
     return result.as_json()

@@ -15,6 +15,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 from fastapi.testclient import TestClient
 
 from domain.customer import Customer, customer_id_for
@@ -149,6 +150,11 @@ def test_verify_names_each_tampered_row_by_customer_and_position(own_database: S
 
         result = audit.verify(conn)
         found = {(f.customer_id, f.position, f.problem) for f in result.broken}
+        with ConnectionPool(psycopg.conninfo.make_conninfo(**own_database.database), min_size=2,
+                            kwargs={"autocommit": True}) as pool:  # slices checked side by side
+            side_by_side = audit.verify(pool, workers=2, events_per_slice=5)
+        assert {(f.customer_id, f.position, f.problem) for f in side_by_side.broken} == found
+        assert side_by_side.events_checked == result.events_checked
         assert found == {
             (customers["altered"], 3, "altered"),
             (customers["removed"], 2, "removed"),
