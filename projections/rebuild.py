@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,15 @@ class RebuildReport:
     @property
     def same(self) -> bool:
         return all(t.same for t in self.tables)
+
+
+def side_schema_problem(schema: str) -> str | None:
+    """Why `schema` cannot take a replayed or rebuilt copy, or None."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        return "is not a plain schema name (lower-case letters, digits and _, not starting with a digit)"
+    if schema in (LIVE_SCHEMA, ANALYTICS_SCHEMA, REBUILD_SCHEMA) or schema.startswith("pg_"):
+        return f"is taken: not {LIVE_SCHEMA}, {ANALYTICS_SCHEMA}, {REBUILD_SCHEMA} or pg_*; choose a name of its own"
+    return None
 
 
 def build_copy(projector: Projector, progress: Callable[[int, int], None] | None = None) -> None:

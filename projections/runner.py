@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +158,9 @@ class Projector:
     catch_up_seconds: float = 10.0  # ... and pages are added to a transaction for at most this long
     idle_wait_seconds: float = 0.1
     log_every_seconds: float = 10.0
+    # Which events the read models get; the others are passed over (their positions still move).
+    # A replay as of a past moment admits only the events recorded by then.
+    admits: Callable[[Any], bool] | None = None
     applied: int = 0
     stats: dict[str, ModelStats] = field(default_factory=dict)
     decode_seconds: float = 0.0
@@ -277,7 +280,8 @@ class Projector:
                         raise ValueError("a stored event cannot be decoded")
                     began = time.perf_counter()
                     batch = batches.get(name) or batches.setdefault(name, model.batch(curs))
-                    batch.add(events)
+                    if admitted := self._admitted(events):
+                        batch.add(admitted)
                     stats = self.stats[name]
                     stats.events += len(events)
                     stats.seconds += time.perf_counter() - began
@@ -339,11 +343,18 @@ class Projector:
             if not pending:
                 continue
             began = time.perf_counter()
-            self._apply(curs, model, name, pending)
+            if admitted := [(n, e) for n, e in pending if isinstance(e, Undecodable) or self._admits(e)]:
+                self._apply(curs, model, name, admitted)
             self.store._insert_tracking(curs, Tracking(name, last))  # noqa: SLF001
             stats = self.stats[name]
             stats.events += len(pending)
             stats.seconds += time.perf_counter() - began
+
+    def _admits(self, event: Any) -> bool:
+        return self.admits is None or self.admits(event)
+
+    def _admitted(self, events: list[Any]) -> list[Any]:
+        return events if self.admits is None else [e for e in events if self.admits(e)]
 
     def _decode(self, notification: Notification) -> Any:
         try:

@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_projector)
 
     projections_cli.add_parser(sub, epilog)
+    projections_cli.add_replay_parser(sub, epilog)
     audit_cli.add_parser(sub, epilog)
 
     p = sub.add_parser("api", help="serve the HTTP API (OpenAPI page at /docs)",
