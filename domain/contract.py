@@ -2,6 +2,11 @@
 
 `parse_envelope` turns the bytes of one message into a validated `Envelope`, or raises
 `InvalidEvent` with every broken rule spelled out so that the producer can fix it.
+
+Each type's `data` has versions (`DATA_MODELS`), picked by the envelope's `version`: call data
+version 2 gives the duration in milliseconds. An envelope is validated and fingerprinted as it was
+sent; `data_in_latest_version` converts its data to the latest version, the shape events are stored
+and read in.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
@@ -23,6 +29,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -139,8 +146,9 @@ def _between(low: int, high: int, note: str = "") -> BeforeValidator:
 Integer = Annotated[int, BeforeValidator(_not_boolean)]
 
 # Upper bounds of the integer fields: whatever a read model sums or stores fits a PostgreSQL
-# column. A week of seconds: the sum of 10^13 calls still fits a bigint.
+# column. A week: in milliseconds (call data version 2), the sum of 10^10 calls still fits a bigint.
 MAX_CALL_SECONDS = 604_800
+MAX_CALL_MS = MAX_CALL_SECONDS * 1000
 # A million units on one order line is far beyond any real order. A 1 MiB message holds fewer
 # than 30,000 items (each at least ~36 bytes), so one message's quantities sum to < 3·10^10,
 # and 3·10^8 such messages still fit a bigint; quantity × unit_price stays under 10^24, exact
@@ -148,6 +156,7 @@ MAX_CALL_SECONDS = 604_800
 MAX_ITEM_QUANTITY = 1_000_000
 # The largest PostgreSQL `integer`.
 MAX_VERSION = 2_147_483_647
+Version = Annotated[int, _between(1, MAX_VERSION)]
 
 
 class CustomerRef(_Open):
@@ -170,12 +179,39 @@ class CustomerRef(_Open):
         return key
 
 
-class CallData(_Open):
+CallOutcome = Literal["resolved", "unresolved", "voicemail", "no_answer"]
+
+
+class CallDataV1(_Open):
+    """Call data, version 1: the duration in whole seconds."""
+
     direction: Direction
     duration_seconds: Annotated[int, _between(0, MAX_CALL_SECONDS, " (a week at most)")]
-    outcome: Literal["resolved", "unresolved", "voicemail", "no_answer"] | None = None
+    outcome: CallOutcome | None = None
     agent: str | None = None
     topic: str | None = None
+
+
+class CallDataV2(_Open):
+    """Call data, version 2: the duration in milliseconds; the other fields as in version 1."""
+
+    direction: Direction
+    duration_ms: Annotated[int, _between(0, MAX_CALL_MS, " (a week at most)")]
+    outcome: CallOutcome | None = None
+    agent: str | None = None
+    topic: str | None = None
+
+
+def call_data_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Validated call data of version 1 in version 2's shape: `duration_seconds` becomes
+    `duration_ms` (× 1000) in its place; the other fields are kept as they are. A new dict."""
+    upgraded: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "duration_seconds":
+            upgraded["duration_ms"] = value * 1000
+        elif name != "duration_ms":  # an unknown extra field of that name (stored before version 2): replaced
+            upgraded[name] = value
+    return upgraded
 
 
 class EmailData(_Open):
@@ -255,12 +291,28 @@ class SurveyResponseData(_Open):
         return score
 
 
-DATA_MODELS: dict[str, type[_Open]] = {
-    "call": CallData,
-    "email": EmailData,
-    "purchase": PurchaseData,
-    "survey_response": SurveyResponseData,
+# Every version of each type's `data`, oldest first; the envelope's `version` picks one. A new
+# version is added here with its conversion from the one before in DATA_UPGRADES, and the domain
+# event of its type gets the same `class_version` with an upcaster using that conversion.
+DATA_MODELS: dict[str, dict[int, type[_Open]]] = {
+    "call": {1: CallDataV1, 2: CallDataV2},
+    "email": {1: EmailData},
+    "purchase": {1: PurchaseData},
+    "survey_response": {1: SurveyResponseData},
 }
+LATEST_VERSIONS: dict[str, int] = {event_type: max(models) for event_type, models in DATA_MODELS.items()}
+DATA_UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("call", 1): call_data_v1_to_v2,
+}
+
+
+def data_in_latest_version(event_type: str, version: int, data: dict[str, Any]) -> dict[str, Any]:
+    """Validated `data` of `version` of `event_type` in its latest version's shape, converted one
+    version after another (the same dict when it is the latest already)."""
+    while version < LATEST_VERSIONS[event_type]:
+        data = DATA_UPGRADES[event_type, version](data)
+        version += 1
+    return data
 
 
 class Envelope(_Open):
@@ -271,7 +323,7 @@ class Envelope(_Open):
     occurred_at: datetime
     customer: CustomerRef
     source: str | None = None
-    version: Annotated[int, _between(1, MAX_VERSION)] = 1
+    version: Version = 1
     data: dict[str, Any]
 
     @field_validator("occurred_at", mode="before")
@@ -363,6 +415,52 @@ def _find_nul(obj: object, path: str = "") -> str | None:
     return None
 
 
+_VERSION = TypeAdapter(Version)
+
+
+def _version_of(obj: dict[str, Any]) -> int | None:
+    """The envelope's `version` as `Envelope` reads it, or None when it breaks its rule (which
+    the envelope's validation reports)."""
+    try:
+        return _VERSION.validate_python(obj.get("version", 1))
+    except ValidationError:
+        return None
+
+
+def _versions_named(versions: list[int]) -> str:
+    if len(versions) == 1:
+        return f"version {versions[0]} only"
+    return "versions " + ", ".join(map(str, versions[:-1])) + f" and {versions[-1]}"
+
+
+def _unknown_version(event_type: str, version: int) -> str:
+    known = list(DATA_MODELS[event_type])
+    hint = "send 1, or leave version out" if known == [1] else f"send one of them ({known[-1]} is the latest)"
+    return f"version: {version} is not a version of {event_type}: {event_type} has {_versions_named(known)}; {hint}"
+
+
+def _fields_of_other_versions(event_type: str, version: int, data: dict[str, Any], given: bool) -> list[str]:
+    """Fields of `data` that another version of the type declares and this one does not: sent with
+    the wrong `version` they would be kept as unknown extras that mean nothing, so they are refused,
+    saying which version has them and what this one has instead. `given`: the envelope names its version."""
+    models = DATA_MODELS[event_type]
+    if len(models) == 1:
+        return []
+    own = models[version].model_fields
+    this = f"version {version}" + ("" if given else ' (no "version" given)')
+    problems = []
+    for field in data:
+        if field in own:
+            continue
+        other = next((v for v in sorted(models, reverse=True) if field in models[v].model_fields), None)
+        if other is None:
+            continue  # an unknown extra field: kept (contract §1)
+        instead = " and ".join(f for f in own if f not in models[other].model_fields)
+        fix = f"{this} has {instead} instead: send {instead}" if instead else f"{this} does not have it: leave it out"
+        problems.append(f'data.{field}: is a field of version {other} of {event_type}; {fix}, or send "version": {other}')
+    return problems
+
+
 def validate_envelope(obj: object, may_hold_nul: bool = True) -> Envelope:
     """Validate one decoded JSON value against the contract (all broken rules at once).
     `may_hold_nul=False`: the caller knows no string in it holds U+0000."""
@@ -377,11 +475,18 @@ def validate_envelope(obj: object, may_hold_nul: bool = True) -> Envelope:
         problems.extend(_errors(exc))
     event_type, data = obj.get("type"), obj.get("data")
     typed: _Open | None = None
-    if isinstance(event_type, str) and event_type in DATA_MODELS and isinstance(data, dict):
-        try:
-            typed = DATA_MODELS[event_type].model_validate(data)
-        except ValidationError as exc:
-            problems.extend(_errors(exc, prefix="data."))
+    models = DATA_MODELS.get(event_type) if isinstance(event_type, str) else None
+    version = envelope.version if envelope is not None else _version_of(obj)
+    if models is not None and version is not None:
+        model = models.get(version)
+        if model is None:
+            problems.append(_unknown_version(str(event_type), version))
+        elif isinstance(data, dict):
+            try:
+                typed = model.model_validate(data)
+            except ValidationError as exc:
+                problems.extend(_errors(exc, prefix="data."))
+            problems.extend(_fields_of_other_versions(str(event_type), version, data, "version" in obj))
     if problems:
         raise InvalidEvent(_reason(problems), event_id=event_id)
     assert envelope is not None and typed is not None

@@ -9,7 +9,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.contract import Envelope, customer_key
+from domain.contract import Envelope, call_data_v1_to_v2, customer_key, data_in_latest_version
 
 # Fixed forever: customer ids are derived from it, so changing it would orphan every stream.
 CUSTOMER_NAMESPACE = UUID("5d0c6e52-4a36-4f7e-9a5c-2f1f3c1f8a10")
@@ -37,7 +37,8 @@ class Customer(Aggregate):
         self.interactions = 0
 
     class Interaction(Aggregate.Event):
-        """Base of the four interaction facts: the envelope as received, normalised to UTC."""
+        """Base of the four interaction facts: the envelope as received, normalised to UTC, with its
+        `data` in the latest version of its type (`schema_version`: the version it was sent in)."""
 
         event_id: str
         occurred_at: datetime
@@ -59,7 +60,13 @@ class Customer(Aggregate):
             aggregate.interactions += 1
 
     class CallLogged(Interaction):
-        pass
+        # 2: `data` is call data version 2 (duration_ms). Calls stored before it hold version 1's
+        # (duration_seconds) and are upcast when read, by the conversion ingest applies to them.
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["data"] = call_data_v1_to_v2(state["data"])
 
     class EmailLogged(Interaction):
         pass
@@ -101,7 +108,9 @@ _ENVELOPE_FIELDS = frozenset({"event_id", "type", "occurred_at", "customer", "so
 
 
 def interaction_fields(envelope: Envelope) -> dict[str, Any]:
-    """The fields of the fact recording one validated envelope (the same for every event type)."""
+    """The fields of the fact recording one validated envelope (the same for every event type).
+    Its data is stored in the latest version of the type; the fingerprint, for duplicates, stays
+    that of the envelope as sent."""
     content = envelope.canonical()
     return {
         "event_id": envelope.event_id,
@@ -109,7 +118,7 @@ def interaction_fields(envelope: Envelope) -> dict[str, Any]:
         "source": envelope.source,
         "schema_version": envelope.version,
         "customer": content["customer"],
-        "data": content["data"],
+        "data": data_in_latest_version(envelope.type, envelope.version, content["data"]),
         "extra": {k: v for k, v in content.items() if k not in _ENVELOPE_FIELDS},
     }
 

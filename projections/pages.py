@@ -6,11 +6,11 @@ cursor into plain tuples (bytea and uuid arrive as they are stored, no text pars
 stored event is decoded by a short path that gives the very object the library's mapper gives
 (`tests/integration/test_projection_pages.py` compares them): orjson parses the state, the typed
 values at its top level (an event's `timestamp` and `occurred_at`) are revived by the
-transcoder's own transcodings, and the event object is made as the mapper makes it. Anything the
-short path does not vouch for goes to the mapper: state with typed values deeper down, a float
-anywhere (orjson reads an integer beyond 64 bits as a float), bytes orjson refuses, an event
-class with upcasting (`class_version`), a mapper with a cipher or a compressor, a recorder that is
-not PostgreSQL's.
+transcoder's own transcodings, and the event object is made as the mapper makes it, upcast as
+the mapper upcasts it (an event stored before its class's `class_version` goes through the class's
+`upcast_vN_vN+1` chain). Anything the short path does not vouch for goes to the mapper: state with
+typed values deeper down, a float anywhere (orjson reads an integer beyond 64 bits as a float),
+bytes orjson refuses, a mapper with a cipher or a compressor, a recorder that is not PostgreSQL's.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class LogPages:
         self._short = (isinstance(transcoder, JSONTranscoder) and mapper.cipher is None
                        and mapper.compressor is None)
         self._transcodings = transcoder.names if isinstance(transcoder, JSONTranscoder) else {}
-        self._classes: dict[tuple[str, type], tuple[type, Callable[[Any], Any]] | None] = {}
+        self._classes: dict[tuple[str, type], tuple[type, Callable[[Any], Any], int] | None] = {}
         datastore = getattr(source, "datastore", None)
         table = getattr(source, "events_table_name", None)
         self._select = None
@@ -74,13 +74,13 @@ class LogPages:
             found = self._classes[kind] = self._class_of(*kind)
         if found is None:
             return _SLOW
-        cls, convert_id = found
+        cls, convert_id, class_version = found
         data = notification.state
         try:
             state = orjson.loads(data)
         except orjson.JSONDecodeError:
             return _SLOW
-        if type(state) is not dict or "class_version" in state:
+        if type(state) is not dict:
             return _SLOW
         typed = data.count(_TYPED)
         for key, value in state.items():
@@ -99,19 +99,21 @@ class LogPages:
             return _SLOW  # typed values deeper down: the transcoder walks the whole tree
         state["originator_id"] = convert_id(notification.originator_id)
         state["originator_version"] = notification.originator_version
+        stored_version = state.pop("class_version", 1)  # the mapper's upcasting, step for step
+        while stored_version < class_version:
+            getattr(cls, f"upcast_v{stored_version}_v{stored_version + 1}")(state)
+            stored_version += 1
         event = object.__new__(cls)
         object.__setattr__(event, "__dict__", state)
         return event
 
     @staticmethod
-    def _class_of(topic: str, id_type: type) -> tuple[type, Callable[[Any], Any]] | None:
+    def _class_of(topic: str, id_type: type) -> tuple[type, Callable[[Any], Any], int] | None:
         try:
             cls = resolve_topic(topic)
         except Exception:  # noqa: BLE001 - the mapper raises it, with its own message
             return None
-        if getattr(cls, "class_version", 1) != 1:
-            return None  # upcasting: the mapper's chain
-        return cls, find_id_convertor(cls, id_type)
+        return cls, find_id_convertor(cls, id_type), getattr(cls, "class_version", 1)
 
 
 def _has_float(value: dict[str, Any] | list[Any]) -> bool:

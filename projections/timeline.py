@@ -2,6 +2,10 @@
 
 Append-only: one row per event, keyed so that the newest-first keyset on `(occurred_at, event_id)`
 is an index scan, however many events the customer has.
+
+`data` is the stored event's: in the latest version of its type, whatever version the producer
+sent (a call's duration is `duration_ms`, calls stored before version 2 upcast), so that one
+query reads every event of a type alike.
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ EVENTS = Table(
     (key("customer_id"), key("occurred_at", "timestamptz"), key("event_id"), Column("type", "text", not_null=True),
      Column("source", "text"), Column("data", "jsonb", not_null=True)),
     primary_key=("customer_id", "occurred_at", "event_id"),
-    doc="Every interaction of every customer, as received (read model timeline).",
+    doc="Every interaction of every customer, its data in the latest version of its type (read model timeline).",
 )
 
 
 VIEWS = (
     View("events", "SELECT customer_id, occurred_at, event_id, type, source, data FROM {timeline_events}",
-         "Every interaction of every customer as received: type call, email, purchase or survey_response, and "
-         "its data as JSON (read model timeline)."),
+         "Every interaction of every customer: type call, email, purchase or survey_response, and its data as "
+         "JSON in the latest version of its type, e.g. a call's duration_ms (read model timeline)."),
 )
 
 
@@ -45,6 +49,7 @@ def json_bytes(value: Any) -> bytes:
 
 class Timeline(ReadModel):
     name = NAME
+    version = 2  # 2: calls' data in call data version 2 (duration_ms); rows of version 1 hold duration_seconds
     tables = (EVENTS,)
     views = VIEWS
 

@@ -2,7 +2,9 @@
 
 Pure Python, no I/O: `generate_demo_data()` returns the messages (key and value bytes) in the
 order a publisher should send them, with out-of-order and late events, duplicates, conflicts and
-invalid messages mixed in, as contract v1 section 1 describes them.
+invalid messages mixed in, as contract v1 section 1 describes them. One phone system (`pbx-02`)
+sends its calls of the last 90 days in call data version 2 (`"version": 2`, `duration_ms`), as a
+producer does after upgrading.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 
-from domain.contract import EVENT_TYPES
+from domain.contract import EVENT_TYPES, call_data_v1_to_v2
 
 __all__ = ["DemoMessage", "DemoDataSet", "generate_demo_data"]
 
@@ -85,6 +87,9 @@ _COMMENTS = (
     ("Great service, thank you!", "Fast delivery and friendly staff.", "Love the quality.",
      "Kasun on the phone was really helpful.", "Will definitely buy again."),
 )
+# The phone system upgraded to call data version 2 this many days before `now`.
+_V2_CALL_SOURCE = "pbx-02"
+_V2_CALLS_DAYS = 90
 _FX = {"USD": 1.0, "EUR": 0.92, "GBP": 0.79, "LKR": 300.0}
 _OTHER_CURRENCY = {"USD": "EUR", "EUR": "USD", "GBP": "USD", "LKR": "USD"}
 
@@ -332,11 +337,16 @@ class _Generator:
 
     def build(self, c: _Customer, t: int, kind: int, flag: int) -> dict:
         rng = self.rng
+        version = None
         if kind == CALL:
-            source = "pbx-01" if rng.random() < (0.8 if c.country == "LK" else 0.1) else "pbx-02"
-            event_id = f"{source}:call:{self.next_id(source)}"
+            source = "pbx-01" if rng.random() < (0.8 if c.country == "LK" else 0.1) else _V2_CALL_SOURCE
+            number = self.next_id(source)
+            event_id = f"{source}:call:{number}"
             occurred = self.fmt(t, "local" if source == "pbx-01" else "Z", 330)
             data = self.call_data(c, t)
+            if source == _V2_CALL_SOURCE and t >= self.now - _V2_CALLS_DAYS * DAY:
+                version = 2
+                data = call_data_in_ms(data, number)
         elif kind == EMAIL:
             source = "mail-gw"
             event_id = f"mail-gw:email:{uuid.UUID(int=rng.getrandbits(128), version=4).hex}"
@@ -356,7 +366,9 @@ class _Generator:
         env = {"event_id": event_id, "type": TYPE_NAMES[kind], "occurred_at": occurred,
                "customer": self.customer_ref(c, kind), "source": source}
         if source == "survey-tool":
-            env["version"] = 1
+            version = 1
+        if version is not None:
+            env["version"] = version
         env["data"] = data
         if rng.random() < 0.004:
             env[rng.choice(("trace_id", "correlation_id"))] = uuid.UUID(
@@ -512,7 +524,8 @@ class _Generator:
         elif variant == "call_direction_sideways":
             data["direction"] = "sideways"
         elif variant == "call_negative_duration":
-            data["duration_seconds"] = -rng.randint(1, 600)
+            field, unit = _duration_field(data)
+            data[field] = -rng.randint(1, 600) * unit
         elif variant == "purchase_negative_amount":
             data["amount"] = "-" + data["amount"]
         elif variant == "purchase_non_numeric_amount":
@@ -603,7 +616,8 @@ class _Generator:
         data = changed["data"]
         kind = changed["type"]
         if kind == "call":
-            data["duration_seconds"] += rng.randint(5, 300)
+            field, unit = _duration_field(data)
+            data[field] += rng.randint(5, 300) * unit
         elif kind == "email":
             data["subject"] = "RE: " + data.get("subject", "(no subject)")
         elif kind == "purchase":
@@ -629,6 +643,20 @@ class _Generator:
             if c.mask == 0b1111 and c.id and c.id not in chosen:
                 chosen.append(c.id)
         return chosen[:5]
+
+
+def call_data_in_ms(data: dict, number: int) -> dict:
+    """Call data of version 2, as the upgraded phone system sends it: it measures the part of a
+    second too (taken from the call's number, so that no random draw moves)."""
+    upgraded = call_data_v1_to_v2(data)
+    if upgraded["duration_ms"]:
+        upgraded["duration_ms"] += number * 37 % 1000
+    return upgraded
+
+
+def _duration_field(data: dict) -> tuple[str, int]:
+    """The name of a call's duration and its units per second: version 2's or version 1's."""
+    return ("duration_ms", 1000) if "duration_ms" in data else ("duration_seconds", 1)
 
 
 def reserialized(env: dict, rng: random.Random) -> bytes:

@@ -55,13 +55,17 @@ def _decimal(value: object) -> Decimal | None:
     return number if number.is_finite() else None
 
 
-def _data_violation(kind: str, data: dict) -> str | None:
+def _data_violation(kind: str, data: dict, version: int = 1) -> str | None:
     if kind in ("call", "email") and data.get("direction") not in ("inbound", "outbound"):
         return f"{kind}: bad direction"
     if kind == "call":
-        duration = data.get("duration_seconds")
+        # version 1: duration_seconds; version 2: duration_ms, without the other
+        field, other = ("duration_ms", "duration_seconds") if version == 2 else ("duration_seconds", "duration_ms")
+        duration = data.get(field)
         if not isinstance(duration, (int, float)) or isinstance(duration, bool) or duration < 0:
-            return "call: bad duration_seconds"
+            return f"call: bad {field}"
+        if other in data:
+            return f"call: {other} in version {version}"
         if "outcome" in data and data["outcome"] not in (
                 "resolved", "unresolved", "voicemail", "no_answer"):
             return "call: bad outcome"
@@ -123,11 +127,12 @@ def contract_violation(value: bytes) -> str | None:
         return "no customer"
     if not any(isinstance(customer.get(f), str) and customer[f] for f in ("id", "email", "phone")):
         return "customer without id/email/phone"
-    if "version" in envelope and (not _is_int(envelope["version"]) or envelope["version"] < 1):
+    version = envelope.get("version", 1)
+    if not _is_int(version) or version not in ((1, 2) if envelope["type"] == "call" else (1,)):
         return "bad version"
     if not isinstance(envelope.get("data"), dict):
         return "no data"
-    return _data_violation(envelope["type"], envelope["data"])
+    return _data_violation(envelope["type"], envelope["data"], version)
 
 
 def customer_key(envelope: dict) -> bytes:
@@ -253,6 +258,18 @@ def test_valid_messages_keep_the_contract(small: DemoDataSet) -> None:
               if set(e) - {"event_id", "type", "occurred_at", "customer", "source", "version",
                            "data"}]
     assert extras
+
+
+def test_one_phone_system_sends_its_recent_calls_in_version_2_with_milliseconds(small: DemoDataSet) -> None:
+    calls = [e for e in valid_envelopes(small) if e["type"] == "call"]
+    v2 = [e for e in calls if e.get("version") == 2]
+    assert 0.05 * len(calls) <= len(v2) <= 0.5 * len(calls)
+    assert {e["source"] for e in v2} == {"pbx-02"}
+    assert all(parse_rfc3339(e["occurred_at"]) >= NOW - timedelta(days=90) for e in v2)
+    assert all("duration_ms" in e["data"] and "duration_seconds" not in e["data"] for e in v2)
+    assert any(e["data"]["duration_ms"] % 1000 for e in v2)  # milliseconds, not whole seconds × 1000
+    older = [e for e in calls if e["source"] == "pbx-02" and parse_rfc3339(e["occurred_at"]) < NOW - timedelta(days=91)]
+    assert older and all(e.get("version", 1) == 1 and "duration_seconds" in e["data"] for e in older)
 
 
 def test_every_invalid_message_breaks_a_rule(small: DemoDataSet) -> None:
