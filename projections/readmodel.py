@@ -406,7 +406,16 @@ class MergeReadModel(ReadModel):
         merged: dict[str, Merged] = {name: {} for name in self._merges}
         return FunctionBatch(partial(self._add, merged), partial(self._finish, curs, merged))
 
-    def _add(self, merged: dict[str, Merged], events: Sequence[Any]) -> None:
+    def rows_of(self, events: Iterable[Any]) -> dict[str, list[list[Any]]]:
+        """The rows these events alone give each table (table name → rows in key order, sets as
+        sorted lists): what the projector would store from them into empty tables, by the same
+        handlers and combine. The point-in-time views fold one customer's events with it."""
+        merged: dict[str, Merged] = {name: {} for name in self._merges}
+        self._add(merged, events)
+        return {name: [list(row) for row in self._merges[name].table.copy_rows(MergeTable.in_key_order(rows))]
+                for name, rows in merged.items()}
+
+    def _add(self, merged: dict[str, Merged], events: Iterable[Any]) -> None:
         rows: Rows = {name: [] for name in merged}
         bound = self._bound
         for event in events:

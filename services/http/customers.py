@@ -1,8 +1,11 @@
 """One customer: `GET /customers/{id}` (the single view, contract §3), its lifecycle history
-(§3b) and its timeline (§3). The read-side queries of these routes live here."""
+(§3b) and its timeline (§3), live from the read models or, with `as_of` / `known_at`, at a point
+in time from the event store (§5, `projections.point_in_time`). The read-side queries of these
+routes live here; both ways render through the same functions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -10,17 +13,25 @@ import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 
 from domain.contract import EVENT_TYPES, utc_now
-from domain.lifecycle import Stage, StageInterval
+from domain.customer import Customer
+from domain.lifecycle import Stage, StageInterval, interval_at
 from domain.rules import average_order_value, format_money, nps_category, preferred_channel
 from projections import customer_360, lifecycle, timeline
 from projections.customer_360 import count_column, last_column
+from projections.point_in_time import PointInTime, PointInTimeViews, timeline_rows
 from services.http import params
 from services.http.resources import Res
 
 router = APIRouter(tags=["customers"])
 
 CustomerId = Annotated[str, Path(min_length=1, description="the customer.id, else the email, else the phone")]
-AUDIT_LATER = "contract §5 (audit views): not available yet, answers 501"
+AsOf = Annotated[str | None, Query(
+    description="RFC 3339 time or date (contract §5): built from the event store, only from the events that "
+                "occurred by then, and evaluated then (stages reached by the passing of time included): what was "
+                "true then. With `known_at` too: what was known at `known_at` about that time")]
+KnownAt = Annotated[str | None, Query(
+    description="RFC 3339 time or date (contract §5): built from the event store, only from the events Rapport "
+                "had recorded by then (each stored event's recorded time), and evaluated then: what we knew then")]
 
 
 def not_found(customer_id: str) -> HTTPException:
@@ -28,17 +39,36 @@ def not_found(customer_id: str) -> HTTPException:
                               "else the phone of their events)")
 
 
-def no_audit_yet(as_of: str | None, known_at: str | None) -> None:
-    if as_of is not None or known_at is not None:
-        # Silently answering with today's view would mislead an auditor.
-        raise HTTPException(501, "as_of and known_at (contract §5, audit views) are not available yet")
+def point_in_time(as_of: str | None, known_at: str | None) -> PointInTime | None:
+    """The point in time asked for (a 422 naming a bad parameter), or None for the live view."""
+    as_of_time, known_at_time = params.instant_if_given("as_of", as_of), params.instant_if_given("known_at", known_at)
+    if as_of_time is None and known_at_time is None:
+        return None
+    return PointInTime(as_of_time, known_at_time)
+
+
+def interactions_at(res: Res, customer_id: str, point: PointInTime) -> list[Customer.Interaction]:
+    """The customer's events that `point` admits, from the event store; 404 when there are none."""
+    events = res.point_in_time.interactions(customer_id, point)
+    if not events:
+        if point.as_of is None:
+            known = f"Rapport had recorded no event of it by {params.rfc3339(point.known_at)} (known_at)"
+        else:
+            known = f"none of its events occurred by {params.rfc3339(point.as_of)} (as_of)" + (
+                "" if point.known_at is None else
+                f" among those Rapport had recorded by {params.rfc3339(point.known_at)} (known_at)")
+        raise HTTPException(404, f"no customer with id {customer_id!r} at that point in time: {known}")
+    return events
 
 
 # `:path` lets customer ids hold '/': the routes under /customers/{id}/... come first.
-@router.get("/customers/{customer_id:path}/lifecycle", summary="A customer's stage history (contract §3b)")
-def get_lifecycle(customer_id: CustomerId, res: Res) -> dict[str, Any]:
+@router.get("/customers/{customer_id:path}/lifecycle", summary="A customer's stage history (contract §3b, §5)")
+def get_lifecycle(customer_id: CustomerId, res: Res, as_of: AsOf = None, known_at: KnownAt = None) -> dict[str, Any]:
+    point = point_in_time(as_of, known_at)
     customer_id = params.text("customer_id", customer_id)
-    now = utc_now()
+    if point is not None:
+        history = res.point_in_time.lifecycle_history(interactions_at(res, customer_id, point))
+        return {"customer_id": customer_id, "items": history_json(history, point.at)}
     with res.pool.connection() as conn:
         rows = conn.execute(
             f"SELECT stage, since, until, reason, event_id, previous_stage FROM {lifecycle.INTERVALS.name} "
@@ -46,11 +76,16 @@ def get_lifecycle(customer_id: CustomerId, res: Res) -> dict[str, Any]:
         ).fetchall()
     if not rows:
         raise not_found(customer_id)
-    # Up to now: a customer whose events all lie ahead has no history yet (as its view has no stage).
-    items = [interval_json(i) for i in map(interval_of, rows) if i.starts_by(now)]
+    return {"customer_id": customer_id, "items": history_json(map(interval_of, rows), utc_now())}
+
+
+def history_json(intervals: Iterable[StageInterval], at: datetime) -> list[dict[str, Any]]:
+    """The stage history up to `at`, oldest first. Intervals run ahead (what time alone will bring):
+    a customer whose events all lie after `at` has no history yet (as its view has no stage)."""
+    items = [interval_json(i) for i in intervals if i.starts_by(at)]
     if items:
         items[-1]["until"] = None  # the current stage: what comes next is not known yet
-    return {"customer_id": customer_id, "items": items}
+    return items
 
 
 def interval_of(row: dict[str, Any]) -> StageInterval:
@@ -64,15 +99,23 @@ def interval_json(interval: StageInterval) -> dict[str, Any]:
             "until": params.rfc3339(interval.until), "reason": interval.reason, "event_id": interval.event_id}
 
 
-@router.get("/customers/{customer_id:path}/timeline", summary="A customer's events, newest first (contract §3)")
+@router.get("/customers/{customer_id:path}/timeline", summary="A customer's events, newest first (contract §3, §5)")
 def get_timeline(
     customer_id: CustomerId,
     res: Res,
     limit: Annotated[int, Query(ge=1, le=500, description="items per page")] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    as_of: AsOf = None,
+    known_at: KnownAt = None,
 ) -> dict[str, Any]:
+    point = point_in_time(as_of, known_at)
     customer_id = params.text("customer_id", customer_id)
     after = params.decode_cursor(cursor, datetime, str)
+    if point is not None:
+        newest_first = timeline_rows(interactions_at(res, customer_id, point))
+        if after is not None:
+            newest_first = [r for r in newest_first if (r["occurred_at"], r["event_id"]) < after]
+        return timeline_page(newest_first[:limit + 1], limit)
     table = timeline.EVENTS.name
     # Keyset on the primary key (customer_id, occurred_at, event_id): an index scan from the
     # cursor on, and events stored meanwhile never shift the pages already given.
@@ -85,6 +128,11 @@ def get_timeline(
         ).fetchall()
         if not rows and after is None:
             raise not_found(customer_id)
+    return timeline_page(rows, limit)
+
+
+def timeline_page(rows: list[Any], limit: int) -> dict[str, Any]:
+    """A page of the timeline from up to `limit + 1` rows, newest first (one more: there is a next page)."""
     page = rows[:limit]
     return {
         "items": [{"event_id": r["event_id"], "type": r["type"], "occurred_at": params.rfc3339(r["occurred_at"]),
@@ -93,23 +141,32 @@ def get_timeline(
     }
 
 
-@router.get("/customers/{customer_id:path}", summary="The single view of one customer (contract §3)",
+@router.get("/customers/{customer_id:path}", summary="The single view of one customer (contract §3, §5)",
             response_model=dict[str, Any])
-def get_customer(
-    customer_id: CustomerId,
-    res: Res,
-    as_of: Annotated[str | None, Query(description=AUDIT_LATER)] = None,
-    known_at: Annotated[str | None, Query(description=AUDIT_LATER)] = None,
-) -> Response:
-    no_audit_yet(as_of, known_at)
+def get_customer(customer_id: CustomerId, res: Res, as_of: AsOf = None, known_at: KnownAt = None) -> Response:
+    point = point_in_time(as_of, known_at)
     customer_id = params.text("customer_id", customer_id)
-    with res.pool.connection() as conn:
-        view = customer_view(conn, customer_id, utc_now())
+    if point is not None:
+        view: dict[str, Any] | None = view_at(res, customer_id, point)
+    else:
+        with res.pool.connection() as conn:
+            view = customer_view(conn, customer_id, utc_now())
     if view is None:
         raise not_found(customer_id)
     # Serialised here with orjson: the same JSON as FastAPI's encoder gives (compact, UTF-8), without
     # validating a dict against `dict[str, Any]` and encoding it a second time.
     return Response(orjson.dumps(view), media_type="application/json")
+
+
+def view_at(res: Res, customer_id: str, point: PointInTime) -> dict[str, Any]:
+    """The contract §3 JSON of one customer at a point in time (§5), from the event store."""
+    return view_from_events(res.point_in_time, interactions_at(res, customer_id, point), point)
+
+
+def view_from_events(views: PointInTimeViews, events: Sequence[Customer.Interaction], point: PointInTime) -> dict[str, Any]:
+    """The contract §3 JSON of one customer from the events `point` admits (at least one), evaluated at `point.at`."""
+    current = interval_at(views.lifecycle_history(events), point.at)
+    return view_of(view_row(views.customer_360_rows(events), current))
 
 
 # One statement, so one snapshot and one round trip (psycopg prepares it after a few uses): the
@@ -136,6 +193,24 @@ def customer_view(conn: Any, customer_id: str, now: datetime) -> dict[str, Any] 
     events answers like any other."""
     row = conn.execute(VIEW_SQL, {"id": customer_id, "now": now}).fetchone()
     return None if row is None else view_of(row)
+
+
+def view_row(rows: dict[str, list[list[Any]]], current: StageInterval | None) -> dict[str, Any]:
+    """The row `VIEW_SQL` gives, from one customer's rows of the `customer_360` tables (in key
+    order, as the read model stores them) and the lifecycle interval holding at the view's moment."""
+    [customer] = rows[customer_360.CUSTOMERS.name]
+    revenue, products = customer_360.REVENUE, customer_360.PRODUCTS
+    currency, amount, orders = (revenue.position(c) for c in ("currency", "revenue", "orders"))
+    sku = products.position("sku")
+    return {
+        **dict(zip(customer_360.CUSTOMERS.column_names, customer, strict=True)),
+        "currencies": [r[currency] for r in rows[revenue.name]],
+        "revenues": [r[amount] for r in rows[revenue.name]],
+        "orders": [r[orders] for r in rows[revenue.name]],
+        "skus": [r[sku] for r in rows[products.name]],
+        "stage": current.stage.value if current else None,
+        "since": current.since if current else None,
+    }
 
 
 def view_of(row: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,11 @@ def instant(parameter: str, value: str | None, default: datetime | None = None) 
         raise bad(parameter, str(error).replace("; use RFC 3339", "; use a date (2026-03-01) or RFC 3339")) from None
 
 
+def instant_if_given(parameter: str, value: str | None) -> datetime | None:
+    """`instant`, or None when the parameter is absent (not defaulted to now)."""
+    return None if value is None else instant(parameter, value)
+
+
 def day(parameter: str, value: str | None, default: date) -> date:
     """A whole UTC day: a date, or a date-time at midnight UTC (satisfaction buckets are days)."""
     if value is None:

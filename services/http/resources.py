@@ -1,4 +1,5 @@
-"""What the routes share: settings, a pool of read connections, a Kafka producer made on first use."""
+"""What the routes share: settings, a pool of read connections, a Kafka producer and the event store
+(for the point-in-time views) made on first use."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from consumers.ingest import kafka_producer
+from eventstore.store import InteractionLog, store_env
+from projections.point_in_time import PointInTimeViews
+from projections.readmodel import ModelSettings
 from services.bootstrap import ServiceUnavailable, check_kafka, conninfo, ensure_schema, read_pool, readable_now
 from services.settings import Settings
 
@@ -21,7 +25,7 @@ log = logging.getLogger("rapport.api")
 
 
 class Resources:
-    """What the routes share: settings, a read pool, a Kafka producer made on first use."""
+    """What the routes share: settings, a read pool, a Kafka producer and the event store made on first use."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -30,6 +34,7 @@ class Resources:
         # For the hot path of GET /customers/{id} (services/http/lookup.py), opened by `open_async`.
         self.async_pool: AsyncConnectionPool | None = None
         self._producer: Any = None
+        self._point_in_time: PointInTimeViews | None = None
         self._kafka_checked: tuple[float, str] = (0.0, "")
         self._lock = threading.Lock()
         self._checking_pool = False
@@ -42,6 +47,17 @@ class Resources:
                 self._producer = kafka_producer(self.settings.kafka_servers, max_block_ms=5000,
                                                 bootstrap_timeout_ms=5000, request_timeout_ms=10000)
             return self._producer
+
+    @property
+    def point_in_time(self) -> PointInTimeViews:
+        """One customer's views at a point in time, from the event store (contract §5). Opened on
+        first use: an API process that is never asked keeps no connections to it. Its tables exist
+        (`ensure_schema`), so nothing is created here, in a request."""
+        with self._lock:
+            if self._point_in_time is None:
+                store = InteractionLog(env={**store_env(self.settings.database), "CREATE_TABLE": "n"})
+                self._point_in_time = PointInTimeViews(store, ModelSettings(thresholds=self.settings.thresholds))
+            return self._point_in_time
 
     def kafka_status(self) -> str:
         """'ok', or what is wrong: a real metadata request, cached for 2 s."""
@@ -104,6 +120,8 @@ class Resources:
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=5)
+        if self._point_in_time is not None:
+            self._point_in_time.store.close()
         self.pool.close()
 
 

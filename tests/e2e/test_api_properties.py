@@ -1,8 +1,8 @@
 """Property-based tests of the HTTP API over its own OpenAPI document, against a real `rapport api`.
 
 The property, for every route: no answer is a server error (5xx), and every error answer carries
-a JSON body with a `detail`. The one 5xx the API documents, `501` for `GET /customers/{id}?as_of=`
-/`known_at=` (contract §5, not built yet), is allowed; it must carry a `detail` too.
+a JSON body with a `detail`. `GET /customers/{id}?as_of=`/`known_at=` (contract §5) is built from
+the event store: a known customer may be unknown at that time (404), never a server error.
 
 The API runs as a child process (`rapport api`) on the session's test database, on a topic of the
 test's own. A few customers are published through Kafka first and ingested and projected here, so
@@ -82,12 +82,6 @@ AUDIT_PARAMETERS = ("as_of", "known_at")
 VIEW_ROUTE = "/customers/{customer_id}"
 
 
-def is_documented_501(method: str, route: str, sent_url: str, status: int) -> bool:
-    """`GET /customers/{id}?as_of=…|known_at=…` answers 501 until contract §5 is built (README)."""
-    sent = urllib.parse.parse_qs(urllib.parse.urlsplit(sent_url).query, keep_blank_values=True)
-    return status == 501 and (method, route) == ("GET", VIEW_ROUTE) and any(name in sent for name in AUDIT_PARAMETERS)
-
-
 def detail_problem(status: int, content: bytes) -> str | None:
     """Why an error answer breaks the rule "JSON with a `detail` sentence", or None when it keeps it."""
     if status < 400:
@@ -106,9 +100,7 @@ def detail_problem(status: int, content: bytes) -> str | None:
 
 def no_server_error(ctx: schemathesis.CheckContext, response: schemathesis.Response,
                     case: schemathesis.Case) -> bool | None:
-    """schemathesis' `not_a_server_error`, except the documented 501."""
-    if is_documented_501(case.method, case.operation.path, response.request.url or "", response.status_code):
-        return None
+    """schemathesis' `not_a_server_error`: no route answers a 5xx."""
     return not_a_server_error(ctx, response, case)
 
 
@@ -399,9 +391,8 @@ def requests_of(draw: st.DrawFn, ids: list[str], real_cursors: list[str]) -> Get
 
 
 def check_answer(method: str, route: str, sent_url: str, status: int, content: bytes) -> None:
-    """The property on one answer: no 5xx but the documented 501; errors carry a `detail`."""
-    assert status < 500 or is_documented_501(method, route, sent_url, status), \
-        f"{method} {sent_url} answered {status}: {content[:500]!r}"
+    """The property on one answer: no 5xx; errors carry a `detail`."""
+    assert status < 500, f"{method} {sent_url} answered {status}: {content[:500]!r}"
     problem = detail_problem(status, content)
     assert problem is None, f"{method} {sent_url} answered {status}: {problem}"
 

@@ -22,7 +22,7 @@ def test_a_plain_lookup_is_taken(path: str, customer_id: str) -> None:
 
 
 @pytest.mark.parametrize("request_scope", [
-    scope("/customers/crm-42", query=b"as_of=2026-01-01"),  # parameters: the route answers (501)
+    scope("/customers/crm-42", query=b"as_of=2026-01-01"),  # parameters: the route answers (point in time)
     scope("/customers/crm-42", method="HEAD"),
     scope("/customers/crm-42/lifecycle"),
     scope("/customers/crm-42/timeline"),
