@@ -4,21 +4,26 @@ chain heads an auditor keeps. Shared by the HTTP routes (`services/http/audit.py
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import IO, Any
 from uuid import UUID
 
 from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, Mapper, StoredEvent, UUIDAsHex
 from psycopg_pool import ConnectionPool
 
+from domain.contract import utc_now
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer, customer_id_for
 from eventstore import audit, chain
 from eventstore.transcoder import FastJSONTranscoder
+from projections.point_in_time import PointInTime, PointInTimeViews
+from projections.readmodel import ModelSettings
+from services.http.customers import view_from_events
 from services.http.params import rfc3339
 
 
@@ -41,21 +46,28 @@ def customer_events(conn: Any, customer_id: str, after: int = 0, limit: int | No
     previous = audit.hash_before(conn, rows[0]) if rows else None
     items = []
     for row in rows:
-        items.append(event_item(row, previous))
+        items.append(event_item(row, decoded(row), previous))
         previous = row.hash
     return items
 
 
-def event_item(row: audit.StoredRow, previous_hash: bytes | None) -> dict[str, Any]:
+def decoded(row: audit.StoredRow) -> Any:
+    """The domain event of a stored row (old class versions upcast), or the error if it does not
+    decode (an altered row may not)."""
+    try:
+        return event_mapper().to_domain_event(StoredEvent(row.originator_id, row.position, row.topic, row.state))
+    except Exception as error:  # noqa: BLE001 - shown to the auditor, with the row
+        return error
+
+
+def event_item(row: audit.StoredRow, event: Any, previous_hash: bytes | None) -> dict[str, Any]:
     """One stored event as an auditor reads it: position, what it says, when it was recorded,
     its hash and the hash it chains to (64 zeros before the first)."""
     item: dict[str, Any] = {"position": row.position, "event_id": None, "type": None, "occurred_at": None,
                             "recorded_at": None, "data": None}
-    try:
-        event = event_mapper().to_domain_event(StoredEvent(row.originator_id, row.position, row.topic, row.state))
-    except Exception as error:  # noqa: BLE001 - an altered row may not decode: show it, say why
+    if isinstance(event, Exception):
         item["type"] = "undecodable"
-        item["data"] = {"error": f"{type(error).__name__}: {error}", "state": row.state.decode(errors="replace")}
+        item["data"] = {"error": f"{type(event).__name__}: {event}", "state": row.state.decode(errors="replace")}
     else:
         item["recorded_at"] = rfc3339(event.timestamp)
         if isinstance(event, Customer.Interaction):
@@ -66,6 +78,61 @@ def event_item(row: audit.StoredRow, previous_hash: bytes | None) -> dict[str, A
     item["hash"] = row.hash.hex() if row.hash is not None else None
     item["previous_hash"] = (previous_hash or chain.GENESIS).hex()
     return item
+
+
+@dataclass
+class Evidence:
+    """What `rapport audit export` writes for one customer at a point in time."""
+
+    customer_id: str
+    point: PointInTime
+    events: list[dict[str, Any]]  # every stored event, `included` if it counts at `point`
+    chain_ok: bool
+    view: dict[str, Any] | None  # None: the customer was unknown at `point`
+
+    def header(self) -> dict[str, Any]:
+        return {"kind": "export", "customer_id": self.customer_id, "as_of": rfc3339(self.point.as_of),
+                "known_at": rfc3339(self.point.known_at), "exported_at": rfc3339(utc_now()),
+                "events": len(self.events), "included": sum(e["included"] for e in self.events),
+                "chain_ok": self.chain_ok}
+
+
+def export(conn: Any, store: Any, settings: Any, customer_id: str, point: PointInTime) -> Evidence | None:
+    """The evidence of one customer at `point` (None if it has no stream): its stored events with
+    hashes and recorded times, whether its chain holds, and its view from the included events."""
+    stream = customer_id_for(customer_id)
+    rows = audit.stream_rows(conn, stream)
+    if not rows:
+        return None
+    items, included, previous = [], [], None
+    for row in rows:
+        event = decoded(row)
+        admitted = isinstance(event, Customer.Interaction) and point.admits(event)
+        if admitted:
+            included.append(event)
+        items.append({**event_item(row, event, previous), "included": admitted})
+        previous = row.hash
+    views = PointInTimeViews(store, ModelSettings(thresholds=settings.thresholds))
+    view = view_from_events(views, included, point) if included else None
+    return Evidence(customer_id, point, items, not audit.diagnose(conn, stream), view)
+
+
+def write_jsonl(evidence: Evidence, out: IO[str]) -> None:
+    out.write(json.dumps(evidence.header()) + "\n")
+    for item in evidence.events:
+        out.write(json.dumps({"kind": "event", **item}) + "\n")
+    out.write(json.dumps({"kind": "view", "view": evidence.view}) + "\n")
+
+
+CSV_COLUMNS = ("position", "event_id", "type", "occurred_at", "recorded_at", "included", "hash", "previous_hash", "data")
+
+
+def write_csv(evidence: Evidence, out: IO[str]) -> None:
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for item in evidence.events:
+        writer.writerow([json.dumps(item["data"]) if k == "data" else item[k] for k in CSV_COLUMNS])
+    writer.writerow(["", "", "view", "", "", "", "", "", json.dumps(evidence.view)])
 
 
 @dataclass

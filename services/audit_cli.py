@@ -40,6 +40,20 @@ def add_parser(sub: Any, epilog: str) -> None:
         "reach; `rapport audit verify --heads FILE` later proves that nothing recorded by then was rewritten.")
     a.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the heads here (default: digest only)")
     a.set_defaults(func=cmd_heads)
+    a = actions.add_parser(
+        "export", help="write one customer's evidence: stored events with hashes and recorded times, and the view",
+        description="Writes every stored event of the customer in stream order (position, event_id, type, "
+        "occurred_at, recorded_at, hash, previous_hash, data) with `included` saying whether it counts at the "
+        "moment asked, whether its chain holds, and the view built from the included events (GET /customers/{id} "
+        "with the same as_of/known_at). jsonl: a header line, one line per event, a last line with the view. "
+        "csv: one row per event; the view is the last row (type `view`, JSON in `data`). Every event is written, "
+        "so the chain can be re-checked from the file alone.")
+    a.add_argument("customer", metavar="CUSTOMER", help="the customer's id (its customer.id, email or phone)")
+    a.add_argument("--as-of", metavar="T", help="the view from the events that occurred by T, evaluated at T")
+    a.add_argument("--known-at", metavar="T", help="the view from the events Rapport had recorded by T")
+    a.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="default jsonl")
+    a.add_argument("--output", "-o", type=Path, metavar="FILE", help="write here (default: standard output)")
+    a.set_defaults(func=cmd_export)
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -108,3 +122,42 @@ def _read_heads(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, ValueError) as error:
         raise SystemExit(f"rapport audit verify: cannot read chain heads from {path}: {error}") from None
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from fastapi import HTTPException
+
+    from projections.point_in_time import PointInTime
+    from services import audit
+    from services.bootstrap import interaction_log, read_pool
+    from services.http import params
+
+    try:
+        as_of = params.instant_if_given("as_of", args.as_of)
+        known_at = params.instant_if_given("known_at", args.known_at)
+    except HTTPException as error:
+        print(f"rapport audit export: {error.detail}", file=sys.stderr)
+        return 2
+    if as_of is None and known_at is None:
+        known_at = params.utc_now()  # the view as it stands now
+    point = PointInTime(as_of, known_at)
+    store = interaction_log(settings)
+    try:
+        with read_pool(settings, max_size=1, timeout=30) as pool, pool.connection() as conn:
+            evidence = audit.export(conn, store, settings, args.customer, point)
+    finally:
+        store.close()
+    if evidence is None:
+        print(f"rapport audit export: no customer with id {args.customer!r}", file=sys.stderr)
+        return 2
+    out = args.output.open("w", newline="") if args.output else sys.stdout
+    try:
+        (audit.write_csv if args.format == "csv" else audit.write_jsonl)(evidence, out)
+    finally:
+        if args.output:
+            out.close()
+    if args.output:
+        print(f"{len(evidence.events)} events ({sum(e['included'] for e in evidence.events)} included), chain "
+              f"{'holds' if evidence.chain_ok else 'BROKEN'}, view {'written' if evidence.view else 'none (unknown then)'}"
+              f": {args.output}", file=sys.stderr)
+    return 0
