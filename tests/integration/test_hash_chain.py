@@ -15,8 +15,8 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from psycopg_pool import ConnectionPool
 from fastapi.testclient import TestClient
+from psycopg_pool import ConnectionPool
 
 from domain.customer import Customer, customer_id_for
 from eventstore.store import InteractionLog
