@@ -190,3 +190,22 @@ def serving(command: str, env: dict[str, str], port: int) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@contextmanager
+def own_database(settings: Settings, prefix: str) -> Iterator[Settings]:
+    """`settings` on a new database of one test alone (its rows must not meet other tests'),
+    dropped at the end."""
+    import psycopg
+
+    admin = psycopg.conninfo.make_conninfo(**settings.database)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db = settings.database
+    try:
+        yield settings.model_copy(update={
+            "database_url": f"postgresql://{db['user']}:{db['password']}@{db['host']}:{db['port']}/{name}"})
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -22,6 +22,7 @@ from domain.customer import Customer, customer_id_for
 from eventstore.store import InteractionLog
 from services import audit
 from services.settings import Settings
+from tests import support
 from tests.support import deliver, envelope
 
 pytestmark = pytest.mark.integration
@@ -57,15 +58,8 @@ def rows_of(conn: psycopg.Connection[Any], customers: list[str]) -> list[tuple[A
 @pytest.fixture
 def own_database(settings: Settings) -> Iterator[Settings]:
     """Settings on a database of this test alone: tampering must not touch other tests' rows."""
-    admin = psycopg.conninfo.make_conninfo(**settings.database)
-    name = f"rapport_chain_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db = settings.database
-    yield settings.model_copy(update={
-        "database_url": f"postgresql://{db['user']}:{db['password']}@{db['host']}:{db['port']}/{name}"})
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with support.own_database(settings, "rapport_test_chain") as own:
+        yield own
 
 
 @pytest.fixture

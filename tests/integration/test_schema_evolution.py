@@ -10,7 +10,6 @@ values are worked out here from the stored messages: 310 s is 310,000 ms.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +27,7 @@ from services.bootstrap import ingest_consumer, interaction_log, projector
 from services.http.app import create_app
 from services.settings import Settings
 from tests import stored_v1
-from tests.support import drain, encode, envelope, new_customer_id, publish, read_topic
+from tests.support import drain, encode, envelope, new_customer_id, own_database, publish, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -54,28 +53,18 @@ ANSWER = stored_v1.MESSAGES[2]["data"]
 def old_settings(settings: Settings) -> Iterator[Settings]:
     """Settings of this test (topic, group) on a database of its own written by the code before
     version 2; dropped at the end."""
-    name = f"rapport_test_evolution_{uuid.uuid4().hex[:12]}"
-    admin = psycopg.conninfo.make_conninfo(**settings.database)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db = settings.database
-    url = f"postgresql://{db['user']}:{db['password']}@{db['host']}:{db['port']}/{name}"
-    try:
-        with psycopg.connect(url) as conn:
+    with own_database(settings, "rapport_test_evolution") as own:
+        with psycopg.connect(own.database_url) as conn:
             for statement in OLD_TABLES:
                 conn.execute(statement)
             conn.cursor().executemany(
-                f"INSERT INTO {tables.EVENTS} (originator_id, originator_version, topic, state) VALUES (%s, %s, %s, %s)",
-                stored_v1.EVENTS)
+                f"INSERT INTO {tables.EVENTS} (originator_id, originator_version, topic, state) "
+                "VALUES (%s, %s, %s, %s)", stored_v1.EVENTS)
             conn.cursor().executemany(
-                f"INSERT INTO {tables.EVENT_IDS} (event_id, fingerprint, originator_id, source_topic, source_partition, "
-                "source_offset) VALUES (%s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO {tables.EVENT_IDS} (event_id, fingerprint, originator_id, source_topic, "
+                "source_partition, source_offset) VALUES (%s, %s, %s, %s, %s, %s)",
                 [(e, f, stored_v1.CUSTOMER_ID, "interactions", p, o) for e, f, p, o in stored_v1.EVENT_IDS])
-        yield Settings(database_url=url, topic=settings.topic, consumer_group=settings.consumer_group,
-                       ingest_poll_timeout_ms=settings.ingest_poll_timeout_ms)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield own
 
 
 @pytest.fixture
