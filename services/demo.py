@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import timedelta
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from consumers.ingest import kafka_producer
+from domain.contract import utc_now
 from eventstore import tables
 from projections import customer_360
 from services.bootstrap import interaction_log, projector
@@ -121,6 +124,27 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
         return processes.wait()
 
 
+def _print_audit(base: str, sample: str, customer: str) -> None:
+    """The audit lines: the customer as it was half a year ago, its hash chain, the verification."""
+    then = (utc_now() - timedelta(days=182)).date().isoformat()
+    try:
+        past = _get_json(f"{customer}?as_of={then}")
+        was = f"stage {past['lifecycle']['stage']}, {sum(past['interaction_counts'].values())} interactions then"
+    except urllib.error.HTTPError:
+        was = "not a customer yet then"
+    verified = _get_json(f"{base}/audit/verify")
+    quoted = urllib.parse.quote(sample)
+    _say(f"  as it was:    curl '{customer}?as_of={then}'   ({was}); what we knew: ?known_at=…")
+    _say(f"  its chain:    curl {base}/audit/customers/{quoted}/events   verify all: curl {base}/audit/verify   "
+         f"({verified['events_checked']} events checked, "
+         + ("every chain holds)" if verified["ok"] else f"{len(verified['broken'])} broken)"))
+    _say(f"  evidence:     .venv/bin/rapport audit export {sample} --as-of {then} -o evidence.jsonl   "
+         "heads to keep: .venv/bin/rapport audit heads -o heads.jsonl")
+    now = utc_now().replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    _say(f"  replay:       .venv/bin/rapport replay all --known-at {now} --schema audit_demo   "
+         "(the read models as known at that moment, beside the live ones)")
+
+
 def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str) -> None:
     view = _get_json(f"{base}/customers/{urllib.parse.quote(sample)}")
     stages = _get_json(f"{base}/lifecycle/stages")["stages"]
@@ -149,6 +173,7 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
     _say(f"  call back:    curl {base}/satisfaction/alarms   ({len(alarms)}{'+' if len(alarms) == 500 else ''} "
          "customers whose latest answer is an alarm, last 30 days)")
     _say(f"  revenue:      curl {base}/satisfaction/revenue-by-category")
+    _print_audit(base, sample, customer)
     _say(f"  the API:      {base}/docs  (OpenAPI; JSON at {base}/openapi.json)")
     _say(f"  progress:     curl {base}/projections   metrics: curl {base}/metrics   health: curl {base}/health")
     _say(f"  SQL:          psql {settings.database_url} -c 'select * from analytics.satisfaction_daily limit 5'")
