@@ -21,7 +21,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError, StoredEv
 from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from psycopg.sql import SQL, Identifier
 
-from eventstore import chain, tables
+from eventstore import chain, checkpoints, tables
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,8 @@ class InteractionRecorder(PostgresProcessRecorder):
                 "batches bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now(), "
                 "PRIMARY KEY (topic, partition))"
             ).format(self.ingest_counters_table),
+            # Caches of the point-in-time views (eventstore/checkpoints.py), beside the events.
+            *checkpoints.create_statements(self.datastore.schema),
         ]
 
     def _insert_events(

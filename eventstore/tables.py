@@ -10,3 +10,6 @@ INGEST_COUNTERS = "rapport_ingest_counters"  # per Kafka partition: stored, dupl
 # The time eventsourcing recorded an event (its `timestamp`, set when ingest created it), read
 # from the stored JSON of a row of EVENTS.
 RECORDED_AT_SQL = "(convert_from(state, 'UTF8')::jsonb #>> '{timestamp,_data_}')::timestamptz"
+# Checkpoints of the point-in-time fold (eventstore/checkpoints.py): caches beside the events.
+STREAM_TIMES = "rapport_stream_times"  # per stream and block of versions: each interaction's occurred and recorded time
+FOLD_CHECKPOINTS = "rapport_fold_checkpoints"  # per stream: folds of its events up to a version and an occurred time

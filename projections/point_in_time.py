@@ -1,30 +1,34 @@
 """One customer's read models as they stood at a point in time (contract §5), built from its own
 events in the event store, never from a read model.
 
-The events are read and decoded by the library (its mapper runs any upcasting) and folded by the
-read models' own code: `customer_360`'s handlers and merge rules, as the projector combines a page
-(`MergeReadModel.rows_of`), and the lifecycle fold of `domain.lifecycle` over the lifecycle read
-model's facts (`projections.lifecycle.fact_of`). So a point-in-time view differs from the live one
-only by the events it leaves out, never by a rule.
+The events are decoded as the library's mapper decodes them (upcasting included) and folded by
+the read models' own code: `customer_360`'s handlers and merge rules, as the projector combines a
+page, and the lifecycle fold of `domain.lifecycle` over the lifecycle read model's facts
+(`projections.lifecycle.fact_of`). So a point-in-time view differs from the live one only by the
+events it leaves out, never by a rule. Long streams are folded from checkpoints
+(`projections.checkpoints`): the answer is the same as folding every admitted event.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer, customer_id_for
-from domain.lifecycle import StageInterval, lifecycle_history
+from eventstore.checkpoints import microseconds
 from eventstore.store import InteractionLog
+from projections.checkpoints import CHECKPOINT_EVERY, CustomerFold, FoldCheckpoints
 from projections.customer_360 import Customer360
-from projections.lifecycle import fact_of
 from projections.readmodel import ModelSettings
+
+Moment = TypeVar("Moment", datetime, int)
 
 
 @dataclass(frozen=True)
-class PointInTime:
+class PointInTime(Generic[Moment]):
     """Which of a customer's events a view is built from, and the moment it is evaluated at.
 
     - `as_of` A: the events that occurred by A, evaluated at A: what was true then.
@@ -33,47 +37,102 @@ class PointInTime:
       just before the transaction that stored it.
     - both: the events passing both, evaluated at A: what we knew at K about the state at A (an
       auditor's "what did our records say on K about March 1st").
+
+    The moments are datetimes, or microseconds since 1970 UTC (`in_microseconds`), the unit of
+    the stream time index that finds the admitted events without decoding the others.
     """
 
-    as_of: datetime | None = None
-    known_at: datetime | None = None
+    as_of: Moment | None = None
+    known_at: Moment | None = None
 
     def __post_init__(self) -> None:
         assert self.as_of is not None or self.known_at is not None, "a point in time needs as_of or known_at"
 
     @property
-    def at(self) -> datetime:
+    def at(self) -> Moment:
         """The moment the view is evaluated at: stages reached by the passing of time count up to it."""
         moment = self.as_of if self.as_of is not None else self.known_at
         assert moment is not None
         return moment
 
     def admits(self, event: Customer.Interaction) -> bool:
-        return ((self.as_of is None or event.occurred_at <= self.as_of)
-                and (self.known_at is None or event.timestamp <= self.known_at))
+        return self.admits_moments(event.occurred_at, event.timestamp)
+
+    def admits_moments(self, occurred: Moment, recorded: Moment) -> bool:
+        """THE rule: an event that occurred then and was recorded then is in the view."""
+        return ((self.as_of is None or occurred <= self.as_of)
+                and (self.known_at is None or recorded <= self.known_at))
+
+    def in_microseconds(self) -> PointInTime[int]:
+        return PointInTime(None if self.as_of is None else _microseconds(self.as_of),
+                           None if self.known_at is None else _microseconds(self.known_at))
+
+    def known_at_alone(self) -> PointInTime[Moment] | None:
+        """The point of `known_at` without `as_of` (None without `known_at`): what was recorded by then."""
+        return None if self.known_at is None else PointInTime(known_at=self.known_at)
+
+
+def _microseconds(moment: datetime | int) -> int:
+    return moment if isinstance(moment, int) else microseconds(moment)
 
 
 class PointInTimeViews:
-    """Reads one customer's events at a point in time and folds them as the read models do."""
+    """Reads one customer's events at a point in time and folds them as the read models do,
+    from the checkpoints of `projections.checkpoints` (taking them by its rule)."""
 
-    def __init__(self, store: InteractionLog, settings: ModelSettings) -> None:
+    def __init__(self, store: InteractionLog, settings: ModelSettings, checkpoint_every: int | None = None) -> None:
         self.store = store
         self.thresholds = settings.thresholds
         self._customer_360 = Customer360(settings=settings)
+        # Read at construction, not import: tests take checkpoints every few events.
+        self.checkpoints = FoldCheckpoints(store, self._customer_360, self.thresholds,
+                                           checkpoint_every or CHECKPOINT_EVERY)
 
-    def interactions(self, customer_key: str, point: PointInTime) -> list[Customer.Interaction]:
-        """The customer's interactions that `point` admits, in stream order (none: unknown then)."""
-        return [event for event in self.store.events.get(customer_id_for(customer_key))
-                if isinstance(event, Customer.Interaction) and point.admits(event)]
+    def fold(self, customer_key: str, point: PointInTime[datetime]) -> CustomerFold | None:
+        """The read models' fold of the customer's events that `point` admits (None: unknown then)."""
+        stream = customer_id_for(customer_key)
+        admits = point.in_microseconds().admits_moments
+        known = point.known_at_alone()
+        with self.checkpoints.tables.connection() as conn:
+            times, checkpoints = self.checkpoints.read(conn, stream)
+            admitted = times.admitted(admits)
+            if not any(admitted):
+                return None
+            return self.checkpoints.fold(conn, stream, times, checkpoints, admits, admitted,
+                                         known.in_microseconds().admits_moments if known else None)
 
-    def customer_360_rows(self, events: Sequence[Customer.Interaction]) -> dict[str, list[list[Any]]]:
-        """The customer's rows of the `customer_360` tables, as the read model would hold them
-        had it seen only these events."""
-        return self._customer_360.rows_of(events)
+    def fold_of(self, events: Sequence[Customer.Interaction]) -> CustomerFold:
+        """The read models' fold of these events alone (`rapport audit export` folds what it read)."""
+        fold = CustomerFold(self._customer_360, self.thresholds)
+        fold.add(events)
+        return fold
 
-    def lifecycle_history(self, events: Sequence[Customer.Interaction]) -> list[StageInterval]:
-        """The stage intervals these events give, including those time alone brings after them."""
-        return lifecycle_history(map(fact_of, events), self.thresholds)
+    def timeline(self, customer_key: str, point: PointInTime[datetime], before: tuple[datetime, str] | None,
+                 limit: int) -> list[dict[str, Any]] | None:
+        """Up to `limit + 1` timeline rows (`timeline_rows`) of the events `point` admits, newest
+        first, after the cursor `before` (its `(occurred_at, event_id)`); None: unknown then. Only
+        the events of the page (and those of its last moment) are read and decoded."""
+        admits = point.in_microseconds().admits_moments
+        with self.checkpoints.tables.connection() as conn:
+            times, _ = self.checkpoints.read(conn, customer_id_for(customer_key))
+            candidates = [p for p, admitted in enumerate(times.admitted(admits)) if admitted]
+            if not candidates:
+                return None
+            if before is not None:
+                bound = microseconds(before[0])
+                candidates = [p for p in candidates if times.occurred[p] <= bound]
+            wanted = limit + 1
+            taken = wanted
+            while True:
+                newest = heapq.nlargest(taken, candidates, key=times.occurred.__getitem__)
+                if len(newest) < len(candidates):  # with every event of the last moment: event_id orders them
+                    last = times.occurred[newest[-1]]
+                    newest = [p for p in candidates if times.occurred[p] >= last]
+                events = self.checkpoints.events(conn, customer_id_for(customer_key), times, newest)
+                rows = timeline_rows([e for e in events if before is None or (e.occurred_at, e.event_id) < before])
+                if len(rows) >= wanted or len(newest) == len(candidates):
+                    return rows[:wanted]
+                taken *= 2
 
 
 def timeline_rows(events: Sequence[Customer.Interaction]) -> list[dict[str, Any]]:

@@ -378,6 +378,7 @@ def _nothing() -> None:
 
 
 Rows = dict[str, list[Sequence[Any]]]
+MergeState = dict[str, Merged]  # table name → key → row being merged
 
 
 class MergeReadModel(ReadModel):
@@ -403,19 +404,40 @@ class MergeReadModel(ReadModel):
 
     def batch(self, curs: Any) -> Batch:
         """Pages merged in memory, one upsert per table at `finish`."""
-        merged: dict[str, Merged] = {name: {} for name in self._merges}
+        merged: MergeState = {name: {} for name in self._merges}
         return FunctionBatch(partial(self._add, merged), partial(self._finish, curs, merged))
 
     def rows_of(self, events: Iterable[Any]) -> dict[str, list[list[Any]]]:
         """The rows these events alone give each table (table name → rows in key order, sets as
         sorted lists): what the projector would store from them into empty tables, by the same
         handlers and combine. The point-in-time views fold one customer's events with it."""
-        merged: dict[str, Merged] = {name: {} for name in self._merges}
-        self._add(merged, events)
-        return {name: [list(row) for row in self._merges[name].table.copy_rows(MergeTable.in_key_order(rows))]
-                for name, rows in merged.items()}
+        state = self.merge_state()
+        self.add_events(state, events)
+        return self.rows_from(state)
 
-    def _add(self, merged: dict[str, Merged], events: Iterable[Any]) -> None:
+    # A fold kept between calls (the point-in-time views' checkpoints): start with `merge_state`
+    # (or `state_of` the rows kept), `add_events` as they come, read with `rows_from`.
+    def merge_state(self) -> MergeState:
+        """An empty fold of this model's tables."""
+        return {name: {} for name in self._merges}
+
+    def add_events(self, state: MergeState, events: Iterable[Any]) -> None:
+        """Merge events into the fold, by the projector's handlers and in-page combine."""
+        self._add(state, events)
+
+    def rows_from(self, state: MergeState) -> dict[str, list[list[Any]]]:
+        """The fold's rows of each table (as `rows_of` gives them)."""
+        return {name: [list(row) for row in self._merges[name].table.copy_rows(MergeTable.in_key_order(rows))]
+                for name, rows in state.items()}
+
+    def state_of(self, rows: dict[str, list[list[Any]]]) -> MergeState:
+        """The fold whose `rows_from` gives `rows`, to be continued with `add_events`."""
+        state = self.merge_state()
+        for name, table_rows in rows.items():
+            self._merges[name].merge_into(state[name], table_rows)  # one row per key: nothing to combine
+        return state
+
+    def _add(self, merged: MergeState, events: Iterable[Any]) -> None:
         rows: Rows = {name: [] for name in merged}
         bound = self._bound
         for event in events:
@@ -427,7 +449,7 @@ class MergeReadModel(ReadModel):
                 if table_rows:
                     self._merges[name].merge_into(merged[name], table_rows)
 
-    def _finish(self, curs: Any, merged: dict[str, Merged]) -> None:
+    def _finish(self, curs: Any, merged: MergeState) -> None:
         for name, table_merged in merged.items():
             if table_merged:
                 self._merges[name].upsert(curs, self.schema, self._sql[name], table_merged)

@@ -14,11 +14,12 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response
 
 from domain.contract import EVENT_TYPES, utc_now
 from domain.customer import Customer
-from domain.lifecycle import Stage, StageInterval, interval_at
+from domain.lifecycle import Stage, StageInterval
 from domain.rules import average_order_value, format_money, nps_category, preferred_channel
 from projections import customer_360, lifecycle, timeline
+from projections.checkpoints import CustomerFold
 from projections.customer_360 import count_column, last_column
-from projections.point_in_time import PointInTime, PointInTimeViews, timeline_rows
+from projections.point_in_time import PointInTime, PointInTimeViews
 from services.http import params
 from services.http.resources import Res
 
@@ -47,18 +48,24 @@ def point_in_time(as_of: str | None, known_at: str | None) -> PointInTime | None
     return PointInTime(as_of_time, known_at_time)
 
 
-def interactions_at(res: Res, customer_id: str, point: PointInTime) -> list[Customer.Interaction]:
-    """The customer's events that `point` admits, from the event store; 404 when there are none."""
-    events = res.point_in_time.interactions(customer_id, point)
-    if not events:
-        if point.as_of is None:
-            known = f"Rapport had recorded no event of it by {params.rfc3339(point.known_at)} (known_at)"
-        else:
-            known = f"none of its events occurred by {params.rfc3339(point.as_of)} (as_of)" + (
-                "" if point.known_at is None else
-                f" among those Rapport had recorded by {params.rfc3339(point.known_at)} (known_at)")
-        raise HTTPException(404, f"no customer with id {customer_id!r} at that point in time: {known}")
-    return events
+def fold_at(res: Res, customer_id: str, point: PointInTime) -> CustomerFold:
+    """The read models' fold of the customer's events that `point` admits, from the event store;
+    404 when there are none."""
+    fold = res.point_in_time.fold(customer_id, point)
+    if fold is None:
+        raise unknown_at(customer_id, point)
+    return fold
+
+
+def unknown_at(customer_id: str, point: PointInTime) -> HTTPException:
+    """The 404 of a customer none of whose events `point` admits, saying which parameter excluded them."""
+    if point.as_of is None:
+        known = f"Rapport had recorded no event of it by {params.rfc3339(point.known_at)} (known_at)"
+    else:
+        known = f"none of its events occurred by {params.rfc3339(point.as_of)} (as_of)" + (
+            "" if point.known_at is None else
+            f" among those Rapport had recorded by {params.rfc3339(point.known_at)} (known_at)")
+    return HTTPException(404, f"no customer with id {customer_id!r} at that point in time: {known}")
 
 
 # `:path` lets customer ids hold '/': the routes under /customers/{id}/... come first.
@@ -67,7 +74,7 @@ def get_lifecycle(customer_id: CustomerId, res: Res, as_of: AsOf = None, known_a
     point = point_in_time(as_of, known_at)
     customer_id = params.text("customer_id", customer_id)
     if point is not None:
-        history = res.point_in_time.lifecycle_history(interactions_at(res, customer_id, point))
+        history = fold_at(res, customer_id, point).history()
         return {"customer_id": customer_id, "items": history_json(history, point.at)}
     with res.pool.connection() as conn:
         rows = conn.execute(
@@ -112,10 +119,10 @@ def get_timeline(
     customer_id = params.text("customer_id", customer_id)
     after = params.decode_cursor(cursor, datetime, str)
     if point is not None:
-        newest_first = timeline_rows(interactions_at(res, customer_id, point))
-        if after is not None:
-            newest_first = [r for r in newest_first if (r["occurred_at"], r["event_id"]) < after]
-        return timeline_page(newest_first[:limit + 1], limit)
+        newest_first = res.point_in_time.timeline(customer_id, point, after, limit)
+        if newest_first is None:
+            raise unknown_at(customer_id, point)
+        return timeline_page(newest_first, limit)
     table = timeline.EVENTS.name
     # Keyset on the primary key (customer_id, occurred_at, event_id): an index scan from the
     # cursor on, and events stored meanwhile never shift the pages already given.
@@ -160,13 +167,17 @@ def get_customer(customer_id: CustomerId, res: Res, as_of: AsOf = None, known_at
 
 def view_at(res: Res, customer_id: str, point: PointInTime) -> dict[str, Any]:
     """The contract §3 JSON of one customer at a point in time (§5), from the event store."""
-    return view_from_events(res.point_in_time, interactions_at(res, customer_id, point), point)
+    return view_of_fold(fold_at(res, customer_id, point), point)
 
 
 def view_from_events(views: PointInTimeViews, events: Sequence[Customer.Interaction], point: PointInTime) -> dict[str, Any]:
     """The contract §3 JSON of one customer from the events `point` admits (at least one), evaluated at `point.at`."""
-    current = interval_at(views.lifecycle_history(events), point.at)
-    return view_of(view_row(views.customer_360_rows(events), current))
+    return view_of_fold(views.fold_of(events), point)
+
+
+def view_of_fold(fold: CustomerFold, point: PointInTime) -> dict[str, Any]:
+    """The contract §3 JSON of one customer from the read models' fold of its events at `point`."""
+    return view_of(view_row(fold.customer_360_rows(), fold.interval_at(point.at)))
 
 
 # One statement, so one snapshot and one round trip (psycopg prepares it after a few uses): the
