@@ -114,8 +114,7 @@ def percentiles(times: list[float]) -> dict[str, float]:
             "n": len(ordered)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    admin = Settings()
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.audit", description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="demo events (default 1000000)")
     parser.add_argument("--customers", type=int, default=None, help="customers (default events/20)")
@@ -129,7 +128,94 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.heavy = 100_000, 20_000
-    customers = args.customers or max(1, args.events // 20)
+    args.customers = args.customers or max(1, args.events // 20)
+    return args
+
+
+def fill(store: InteractionLog, conn: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Store the demo events and the heavy customer's, unless the database holds events already."""
+    if audit.events_estimate(conn) != 0:
+        return {}
+    now = datetime.now(UTC).replace(microsecond=0)
+    say(f"bench: generating {args.events:,} demo events of {args.customers:,} customers and "
+        f"{args.heavy:,} of one customer")
+    data = generate_demo_data(customers=args.customers, events=args.events, now=now, seed=13,
+                              duplicate_rate=0, invalid_rate=0, conflict_rate=0)
+    values = [m.value for m in data.messages] + heavy_messages(args.heavy, now)
+    random.Random(13).shuffle(values)  # the heavy customer's events among the others
+    seconds = load(store, values)
+    conn.execute("VACUUM ANALYZE rapport_events")
+    return {"store_s": seconds, "store_eps": len(values) / seconds}
+
+
+def time_verify(settings: Settings, events: int) -> dict[str, Any]:
+    """`audit verify` over the whole store, as `rapport audit verify` runs it (two connections)."""
+    with read_pool(settings, max_size=2, timeout=30) as pool, \
+            tqdm(total=events, desc="audit verify", unit="ev", file=sys.stderr) as bar:
+        started = time.perf_counter()
+        verified = audit.verify(pool, progress=bar.update, workers=2)
+        seconds = time.perf_counter() - started
+    return {"verify_s": seconds, "verify_eps": verified.events_checked / seconds, "verify_ok": verified.ok,
+            "verify_events": verified.events_checked, "verify_streams": verified.streams_checked}
+
+
+def typical_customers(conn: Any, n: int) -> list[tuple[str, datetime]]:
+    """Customers and the time of their first recorded interaction (position 2), to ask about
+    moments when each already existed."""
+    return [(r["k"], datetime.fromisoformat(r["at"])) for r in conn.execute(
+        "SELECT s ->> 'customer_key' AS k, (SELECT convert_from(e.state, 'UTF8')::jsonb #>> "
+        "'{occurred_at,_data_}' FROM rapport_events e WHERE e.originator_id = r.originator_id "
+        "AND e.originator_version = 2) AS at FROM (SELECT originator_id, convert_from(state, 'UTF8')::jsonb AS s "
+        "FROM rapport_events WHERE originator_version = 1 LIMIT %s) r", (n,)).fetchall() if r["k"] != HEAVY]
+
+
+def time_points(settings: Settings, args: argparse.Namespace, typical: list[tuple[str, datetime]]) -> dict[str, Any]:
+    """p50/p99 of `?as_of` and `?known_at` for typical customers and the heavy one, through `rapport api`."""
+    result: dict[str, Any] = {}
+    rng = random.Random(5)
+    now = datetime.now(UTC)
+
+    def moment(since: datetime) -> str:  # a time between `since` and now
+        return (since + (now - since) * rng.random()).isoformat().replace("+00:00", "Z")
+
+    env = {"RAPPORT_DATABASE_URL": settings.database_url, "RAPPORT_API_WORKERS": "1",
+           "RAPPORT_LOG_LEVEL": "WARNING", "RAPPORT_API_PORT": str(args.port)}
+    with rapport_api(env, args.port, Path(f"/tmp/bench-audit-api-{os.getpid()}.log")):
+        for param in ("as_of", "known_at"):
+            # as_of: a moment of the customer's life; known_at: now (the events were all recorded
+            # by the load moments ago, so an earlier time would know nothing).
+            paths = [f"/customers/{quote(key, safe='')}?{param}="
+                     + quote(moment(since + timedelta(seconds=1)) if param == "as_of" else moment(now))
+                     for key, since in (rng.choice(typical) for _ in range(args.requests))]
+            timed_gets(args.port, paths[:10])  # warm-up
+            result[param] = percentiles(timed_gets(args.port, paths))
+            heavy = [f"/customers/{HEAVY}?{param}={quote(moment(now - timedelta(days=30 if param == 'as_of' else 0)))}"
+                     for _ in range(args.heavy_requests)]
+            result[f"heavy_{param}"] = percentiles(timed_gets(args.port, heavy))
+    return result
+
+
+def report(result: dict[str, Any], heavy: int) -> None:
+    """The table, then the JSON last line."""
+    print(f"audit at size: {result['events']:,} stored events, a customer with {heavy:,}, {os.cpu_count()} CPUs")
+    print(f"  audit verify            {result['verify_eps']:>10,.0f} events/s  ({result['verify_s']:.1f} s, "
+          f"{'every chain holds' if result['verify_ok'] else 'BROKEN'})")
+    for param in ("as_of", "known_at"):
+        t, h = result[param], result[f"heavy_{param}"]
+        print(f"  ?{param:<9} typical      p50 {t['p50_ms']:7.1f} ms  p99 {t['p99_ms']:7.1f} ms  ({t['n']} requests)")
+        print(f"  ?{param:<9} {heavy:,} events  p50 {h['p50_ms']:7.1f} ms  p99 {h['p99_ms']:7.1f} ms  "
+              f"({h['n']} requests)")
+    result |= {"as_of_p50_ms": result["as_of"]["p50_ms"], "as_of_p99_ms": result["as_of"]["p99_ms"],
+               "heavy_as_of_p50_ms": result["heavy_as_of"]["p50_ms"],
+               "heavy_as_of_p99_ms": result["heavy_as_of"]["p99_ms"],
+               "known_at_p99_ms": result["known_at"]["p99_ms"],
+               "heavy_known_at_p99_ms": result["heavy_known_at"]["p99_ms"]}
+    print(json_line(result), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    admin = Settings()
+    args = parse_args(argv)
     name = args.database or f"rapport_bench_audit_{uuid.uuid4().hex[:8]}"
     settings = Settings(database_url=with_dbname(admin.database_url, name))
     owned = args.database is None
@@ -141,75 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = InteractionLog(env=store_env(settings.database))
         with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as conn:
-            stored = audit.events_estimate(conn)
-            if stored == 0:
-                now = datetime.now(UTC).replace(microsecond=0)
-                say(f"bench: generating {args.events:,} demo events of {customers:,} customers and "
-                    f"{args.heavy:,} of one customer")
-                data = generate_demo_data(customers=customers, events=args.events, now=now, seed=13,
-                                          duplicate_rate=0, invalid_rate=0, conflict_rate=0)
-                values = [m.value for m in data.messages] + heavy_messages(args.heavy, now)
-                random.Random(13).shuffle(values)  # the heavy customer's events among the others
-                seconds = load(store, values)
-                result |= {"store_s": seconds, "store_eps": len(values) / seconds}
-                del values, data
-                conn.execute("VACUUM ANALYZE rapport_events")
+            result |= fill(store, conn, args)
             result["events"] = audit.events_estimate(conn)
-
-            with read_pool(settings, max_size=2, timeout=30) as pool, \
-                    tqdm(total=result["events"], desc="audit verify", unit="ev", file=sys.stderr) as bar:
-                started = time.perf_counter()
-                verified = audit.verify(pool, progress=bar.update, workers=2)  # as `rapport audit verify`
-                seconds = time.perf_counter() - started
-            result |= {"verify_s": seconds, "verify_eps": verified.events_checked / seconds,
-                       "verify_ok": verified.ok, "verify_events": verified.events_checked,
-                       "verify_streams": verified.streams_checked}
-            # Customers and the time of their first recorded interaction (position 2), to ask about
-            # moments when each already existed.
-            typical = [(r["k"], datetime.fromisoformat(r["at"])) for r in conn.execute(
-                "SELECT s ->> 'customer_key' AS k, (SELECT convert_from(e.state, 'UTF8')::jsonb #>> "
-                "'{occurred_at,_data_}' FROM rapport_events e WHERE e.originator_id = r.originator_id "
-                "AND e.originator_version = 2) AS at FROM (SELECT originator_id, convert_from(state, 'UTF8')::jsonb AS s "
-                "FROM rapport_events WHERE originator_version = 1 LIMIT %s) r", (max(args.requests, 1) * 3,)).fetchall()
-                if r["k"] != HEAVY]
+            result |= time_verify(settings, result["events"])
+            typical = typical_customers(conn, max(args.requests, 1) * 3)
         store.close()
-
-        rng = random.Random(5)
-        now = datetime.now(UTC)
-
-        def moment(since: datetime) -> str:  # a time between `since` and now
-            return (since + (now - since) * rng.random()).isoformat().replace("+00:00", "Z")
-
-        env = {"RAPPORT_DATABASE_URL": settings.database_url, "RAPPORT_API_WORKERS": "1",
-               "RAPPORT_LOG_LEVEL": "WARNING", "RAPPORT_API_PORT": str(args.port)}
-        with rapport_api(env, args.port, Path(f"/tmp/bench-audit-api-{os.getpid()}.log")):
-            for param in ("as_of", "known_at"):
-                # as_of: a moment of the customer's life; known_at: now (the events were all recorded
-                # by the load moments ago, so an earlier time would know nothing).
-                paths = [f"/customers/{quote(key, safe='')}?{param}="
-                         + quote(moment(since + timedelta(seconds=1)) if param == "as_of" else moment(now))
-                         for key, since in (rng.choice(typical) for _ in range(args.requests))]
-                timed_gets(args.port, paths[:10])  # warm-up
-                result[f"{param}"] = percentiles(timed_gets(args.port, paths))
-                heavy = [f"/customers/{HEAVY}?{param}={quote(moment(now - timedelta(days=30 if param == 'as_of' else 0)))}"
-                         for _ in range(args.heavy_requests)]
-                result[f"heavy_{param}"] = percentiles(timed_gets(args.port, heavy))
-
-        print(f"audit at size: {result['events']:,} stored events, a customer with {args.heavy:,}, "
-              f"{os.cpu_count()} CPUs")
-        print(f"  audit verify            {result['verify_eps']:>10,.0f} events/s  ({result['verify_s']:.1f} s, "
-              f"{'every chain holds' if result['verify_ok'] else 'BROKEN'})")
-        for param in ("as_of", "known_at"):
-            t, h = result[param], result[f"heavy_{param}"]
-            print(f"  ?{param:<9} typical      p50 {t['p50_ms']:7.1f} ms  p99 {t['p99_ms']:7.1f} ms  ({t['n']} requests)")
-            print(f"  ?{param:<9} {args.heavy:,} events  p50 {h['p50_ms']:7.1f} ms  p99 {h['p99_ms']:7.1f} ms  "
-                  f"({h['n']} requests)")
-        result |= {"as_of_p50_ms": result["as_of"]["p50_ms"], "as_of_p99_ms": result["as_of"]["p99_ms"],
-                   "heavy_as_of_p50_ms": result["heavy_as_of"]["p50_ms"],
-                   "heavy_as_of_p99_ms": result["heavy_as_of"]["p99_ms"],
-                   "known_at_p99_ms": result["known_at"]["p99_ms"],
-                   "heavy_known_at_p99_ms": result["heavy_known_at"]["p99_ms"]}
-        print(json_line(result), flush=True)
+        result |= time_points(settings, args, typical)
+        report(result, args.heavy)
         return 0
     except KeyboardInterrupt:
         say("interrupted")
