@@ -6,7 +6,8 @@ customer with 100,000 events, stored through the product's own event store path
 hash chain), then measures:
   1. `audit verify` over the whole store (`services.audit.verify`, the command's code): events/s;
   2. `GET /customers/{id}?as_of=T` against `rapport api` (a child process), one client in a closed
-     loop, for random typical customers and for the 100,000-event customer: p50/p99 ms;
+     loop, for typical customers (their length between the quartiles of a random sample), for
+     customers drawn at random (the long tail too) and for the 100,000-event customer: p50/p99 ms;
   3. the same for `?known_at=T`.
 It prints a table and, as its LAST line, one JSON object (`verify_eps`, `as_of_p99_ms`,
 `heavy_as_of_p99_ms`, ...). It never fails on a time; it is not a test.
@@ -119,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=1_000_000, help="demo events (default 1000000)")
     parser.add_argument("--customers", type=int, default=None, help="customers (default events/20)")
     parser.add_argument("--heavy", type=int, default=100_000, help="events of the heavy customer (default 100000)")
-    parser.add_argument("--requests", type=int, default=300, help="as_of requests for typical customers (default 300)")
+    parser.add_argument("--requests", type=int, default=300, help="as_of requests per set of customers (default 300)")
     parser.add_argument("--heavy-requests", type=int, default=20, help="as_of requests for the heavy one (default 20)")
     parser.add_argument("--quick", action="store_true", help="100,000 events, a heavy customer of 20,000")
     parser.add_argument("--database", help="use (and keep) this database; filled only if empty")
@@ -159,18 +160,30 @@ def time_verify(settings: Settings, events: int) -> dict[str, Any]:
             "verify_events": verified.events_checked, "verify_streams": verified.streams_checked}
 
 
-def typical_customers(conn: Any, n: int) -> list[tuple[str, datetime]]:
-    """Customers and the time of their first recorded interaction (position 2), to ask about
-    moments when each already existed."""
-    return [(r["k"], datetime.fromisoformat(r["at"])) for r in conn.execute(
+Sample = list[tuple[str, datetime, int]]
+
+
+def sample_customers(conn: Any, n: int) -> tuple[Sample, Sample]:
+    """Customers drawn from the store, each with the time of its first recorded interaction
+    (position 2, to ask about moments when it already existed) and its stream's length: all of
+    them, and the typical ones, those whose length lies between the sample's quartiles. The demo's
+    sizes have a long tail (median ~25 events, the top 1% 200-470): a p99 over all customers is
+    the first read of that tail's streams."""
+    drawn = [(r["k"], datetime.fromisoformat(r["at"]), r["n"]) for r in conn.execute(
         "SELECT s ->> 'customer_key' AS k, (SELECT convert_from(e.state, 'UTF8')::jsonb #>> "
         "'{occurred_at,_data_}' FROM rapport_events e WHERE e.originator_id = r.originator_id "
-        "AND e.originator_version = 2) AS at FROM (SELECT originator_id, convert_from(state, 'UTF8')::jsonb AS s "
-        "FROM rapport_events WHERE originator_version = 1 LIMIT %s) r", (n,)).fetchall() if r["k"] != HEAVY]
+        "AND e.originator_version = 2) AS at, (SELECT max(originator_version) FROM rapport_events e "
+        "WHERE e.originator_id = r.originator_id) AS n FROM (SELECT originator_id, "
+        "convert_from(state, 'UTF8')::jsonb AS s FROM rapport_events WHERE originator_version = 1 LIMIT %s) r",
+        (n,)).fetchall() if r["k"] != HEAVY]
+    sizes = sorted(size for _, _, size in drawn)
+    low, high = sizes[len(sizes) // 4], sizes[3 * len(sizes) // 4]
+    return drawn, [c for c in drawn if low <= c[2] <= high]
 
 
-def time_points(settings: Settings, args: argparse.Namespace, typical: list[tuple[str, datetime]]) -> dict[str, Any]:
-    """p50/p99 of `?as_of` and `?known_at` for typical customers and the heavy one, through `rapport api`."""
+def time_points(settings: Settings, args: argparse.Namespace, drawn: Sample, typical: Sample) -> dict[str, Any]:
+    """p50/p99 of `?as_of` and `?known_at` for typical customers, of `?as_of` for customers drawn
+    at random, and of both for the heavy one, through `rapport api`."""
     result: dict[str, Any] = {}
     rng = random.Random(5)
     now = datetime.now(UTC)
@@ -178,20 +191,28 @@ def time_points(settings: Settings, args: argparse.Namespace, typical: list[tupl
     def moment(since: datetime) -> str:  # a time between `since` and now
         return (since + (now - since) * rng.random()).isoformat().replace("+00:00", "Z")
 
+    def paths(param: str, customers: Sample) -> list[str]:
+        # as_of: a moment of the customer's life; known_at: now (the events were all recorded
+        # by the load moments ago, so an earlier time would know nothing).
+        return [f"/customers/{quote(key, safe='')}?{param}="
+                + quote(moment(since + timedelta(seconds=1)) if param == "as_of" else moment(now))
+                for key, since, _ in (rng.choice(customers) for _ in range(args.requests))]
+
     env = {"RAPPORT_DATABASE_URL": settings.database_url, "RAPPORT_API_WORKERS": "1",
            "RAPPORT_LOG_LEVEL": "WARNING", "RAPPORT_API_PORT": str(args.port)}
     with rapport_api(env, args.port, Path(f"/tmp/bench-audit-api-{os.getpid()}.log")):
+        timed_gets(args.port, paths("as_of", drawn)[:10])  # warm-up
+        # The baseline: the cheapest route on the same server and client, new connections alike.
+        result["health"] = percentiles(timed_gets(args.port, ["/health"] * args.requests))
         for param in ("as_of", "known_at"):
-            # as_of: a moment of the customer's life; known_at: now (the events were all recorded
-            # by the load moments ago, so an earlier time would know nothing).
-            paths = [f"/customers/{quote(key, safe='')}?{param}="
-                     + quote(moment(since + timedelta(seconds=1)) if param == "as_of" else moment(now))
-                     for key, since in (rng.choice(typical) for _ in range(args.requests))]
-            timed_gets(args.port, paths[:10])  # warm-up
-            result[param] = percentiles(timed_gets(args.port, paths))
+            result[param] = percentiles(timed_gets(args.port, paths(param, typical)))
             heavy = [f"/customers/{HEAVY}?{param}={quote(moment(now - timedelta(days=30 if param == 'as_of' else 0)))}"
                      for _ in range(args.heavy_requests)]
             result[f"heavy_{param}"] = percentiles(timed_gets(args.port, heavy))
+        result["any_as_of"] = percentiles(timed_gets(args.port, paths("as_of", drawn)))
+    sizes = sorted(size for _, _, size in drawn)
+    result["typical_events"] = [min(c[2] for c in typical), max(c[2] for c in typical)]
+    result["any_events"] = {"median": sizes[len(sizes) // 2], "p99": sizes[int(len(sizes) * 0.99)], "max": sizes[-1]}
     return result
 
 
@@ -200,16 +221,25 @@ def report(result: dict[str, Any], heavy: int) -> None:
     print(f"audit at size: {result['events']:,} stored events, a customer with {heavy:,}, {os.cpu_count()} CPUs")
     print(f"  audit verify            {result['verify_eps']:>10,.0f} events/s  ({result['verify_s']:.1f} s, "
           f"{'every chain holds' if result['verify_ok'] else 'BROKEN'})")
+    low, high = result["typical_events"]
+    print(f"  typical customers: {low}-{high} events (the sample's quartiles)")
     for param in ("as_of", "known_at"):
         t, h = result[param], result[f"heavy_{param}"]
         print(f"  ?{param:<9} typical      p50 {t['p50_ms']:7.1f} ms  p99 {t['p99_ms']:7.1f} ms  ({t['n']} requests)")
         print(f"  ?{param:<9} {heavy:,} events  p50 {h['p50_ms']:7.1f} ms  p99 {h['p99_ms']:7.1f} ms  "
               f"({h['n']} requests)")
+    b = result["health"]
+    print(f"  /health    baseline     p50 {b['p50_ms']:7.1f} ms  p99 {b['p99_ms']:7.1f} ms  ({b['n']} requests; "
+          f"typical as_of p99 = {result['as_of']['p99_ms'] / b['p99_ms']:.1f}x)")
+    a, sizes = result["any_as_of"], result["any_events"]
+    print(f"  ?as_of     any customer p50 {a['p50_ms']:7.1f} ms  p99 {a['p99_ms']:7.1f} ms  ({a['n']} requests; "
+          f"events: median {sizes['median']}, p99 {sizes['p99']}, max {sizes['max']})")
     result |= {"as_of_p50_ms": result["as_of"]["p50_ms"], "as_of_p99_ms": result["as_of"]["p99_ms"],
                "heavy_as_of_p50_ms": result["heavy_as_of"]["p50_ms"],
                "heavy_as_of_p99_ms": result["heavy_as_of"]["p99_ms"],
                "known_at_p99_ms": result["known_at"]["p99_ms"],
-               "heavy_known_at_p99_ms": result["heavy_known_at"]["p99_ms"]}
+               "heavy_known_at_p99_ms": result["heavy_known_at"]["p99_ms"],
+               "any_as_of_p99_ms": result["any_as_of"]["p99_ms"], "health_p99_ms": result["health"]["p99_ms"]}
     print(json_line(result), flush=True)
 
 
@@ -230,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             result |= fill(store, conn, args)
             result["events"] = audit.events_estimate(conn)
             result |= time_verify(settings, result["events"])
-            typical = typical_customers(conn, max(args.requests, 1) * 3)
+            drawn, typical = sample_customers(conn, max(args.requests, 1) * 3)
         store.close()
-        result |= time_points(settings, args, typical)
+        result |= time_points(settings, args, drawn, typical)
         report(result, args.heavy)
         return 0
     except KeyboardInterrupt:
