@@ -246,3 +246,78 @@ def canonical_id(identifiers: Iterable[Identifier], first_seen: Mapping[Identifi
         if account is None:
             return generated_id(min(identifiers, key=lambda x: (first_seen[x], x)))
     return account.value
+
+
+# -- what a change of links does to stored customers ---------------------------------------------
+@dataclass(frozen=True)
+class Move:
+    """Identifiers that leave one customer for another (`cause`: the earliest new link that took
+    them there; None for an operator's decision)."""
+
+    identifiers: tuple[Identifier, ...]
+    source: str
+    target: str
+    cause: Link | None
+
+
+@dataclass
+class Decision:
+    """What to store after links or separations changed, for every identifier of the closure: the
+    owner of each new or moved identifier, the moves between existing customers, the customers
+    left with nothing (merged into another: their id now redirects), and the new refusals."""
+
+    owners: dict[Identifier, str]
+    new: list[Identifier]
+    moves: list[Move]
+    merged: dict[str, str]
+    created: set[str]
+    changed: set[str]
+    refusals: list[Refusal]
+
+    @property
+    def changes_anything(self) -> bool:
+        return bool(self.owners or self.refusals)
+
+
+def decide(owners_before: Mapping[Identifier, str], links_before: Sequence[Link], links_after: Sequence[Link],
+           separations_before: Sequence[Separation] = (), separations_after: Sequence[Separation] | None = None,
+           new_links: Sequence[Link] = ()) -> Decision:
+    """The change from the stored customers (`owners_before`, resolved from `links_before` and
+    `separations_before`) to the resolution of `links_after` with `separations_after`. The links
+    are those of a closed set of identifiers: every link touching any of them."""
+    after_separations = separations_before if separations_after is None else separations_after
+    before, after = resolve(links_before, separations_before), resolve(links_after, after_separations)
+    owners: dict[Identifier, str] = {}
+    new: list[Identifier] = []
+    moved: dict[tuple[str, str], list[Identifier]] = {}
+    for x, customer_id in after.customer_of.items():
+        old = owners_before.get(x)
+        if old == customer_id:
+            continue
+        owners[x] = customer_id
+        if old is None:
+            new.append(x)
+        else:
+            moved.setdefault((old, customer_id), []).append(x)
+    existing = set(owners_before.values())
+    created = {owners[x] for x in new if owners[x] not in existing} | {t for (_, t) in moved if t not in existing}
+    moves = [Move(tuple(in_kind_order(xs)), source, target, _cause(new_links, after, target))
+             for (source, target), xs in sorted(moved.items())]
+    merged = {}
+    for source in {m.source for m in moves} - set(after.members):
+        # Nothing of it is left (a customer with an `id:` never vanishes: its id stays with it).
+        # It redirects to the customer its earliest identifier went to, the one its id was made from.
+        members = [x for x, old in owners_before.items() if old == source]
+        earliest = min(members, key=lambda x: (before.first_seen[x], x))
+        merged[source] = after.customer_of[earliest]
+    changed = {m.source for m in moves} | {m.target for m in moves if m.target in existing} | {
+        owners[x] for x in new if owners[x] in existing}
+    # A refusal is of a pair: the same pair refused again by a later event is not news.
+    old_refusals = {(r.link.anchor, r.link.other) for r in before.refusals}
+    refusals = [r for r in after.refusals if (r.link.anchor, r.link.other) not in old_refusals]
+    return Decision(owners, in_kind_order(new), moves, merged, created, changed, refusals)
+
+
+def _cause(new_links: Sequence[Link], after: Resolution, target: str) -> Link | None:
+    joined = [link for link in new_links if link.other is not None and after.customer_of.get(link.anchor) == target]
+    return min(joined, key=Link.order.fget, default=None)  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from domain.identity import (
     Link,
     Separation,
     UnreadableIdentifier,
+    decide,
     generated_id,
     identifiers_of,
     links_of,
@@ -155,3 +156,52 @@ def test_any_arrival_order_gives_the_same_customers_and_the_rules_hold(
         if link.other is not None:
             together = resolution.customer_of[link.anchor] == resolution.customer_of[link.other]
             assert together != (link in refused)
+
+
+# -- decisions -----------------------------------------------------------------------------------
+def test_a_link_between_a_generated_customer_and_an_account_merges_it_away() -> None:
+    before = event(0, "pbx:1", PHONE) + event(5, "mail:1", EMAIL)
+    owners = resolve(before).customer_of
+    assert owners == {PHONE: generated_id(PHONE), EMAIL: generated_id(EMAIL)}
+    new = event(9, "shop:1", ID, EMAIL, PHONE)
+    decision = decide(owners, before, before + new, new_links=new)
+    assert decision.owners == {ID: "crm-1", EMAIL: "crm-1", PHONE: "crm-1"}
+    assert decision.new == [ID] and decision.created == {"crm-1"}
+    assert [(m.identifiers, m.source, m.target, m.cause.event_id) for m in decision.moves] == [
+        ((PHONE,), generated_id(PHONE), "crm-1", "shop:1"), ((EMAIL,), generated_id(EMAIL), "crm-1", "shop:1")]
+    assert decision.merged == {generated_id(PHONE): "crm-1", generated_id(EMAIL): "crm-1"}
+    assert decision.changed == {generated_id(PHONE), generated_id(EMAIL)}
+
+
+def test_the_earlier_generated_customer_survives_a_merge_of_two() -> None:
+    before = event(0, "pbx:1", PHONE) + event(5, "mail:1", EMAIL)
+    new = event(9, "mail:2", EMAIL, PHONE)
+    decision = decide(resolve(before).customer_of, before, before + new, new_links=new)
+    assert decision.owners == {EMAIL: generated_id(PHONE)} and decision.created == set()
+    assert decision.merged == {generated_id(EMAIL): generated_id(PHONE)}
+    assert decision.changed == {generated_id(EMAIL), generated_id(PHONE)}
+
+
+def test_known_links_decide_nothing_and_a_refusal_is_reported_once() -> None:
+    before = event(0, "shop:1", ID, EMAIL)
+    owners = resolve(before).customer_of
+    assert not decide(owners, before, before + event(50, "shop:9", ID, EMAIL)).changes_anything
+    household = event(30, "shop:2", ID2, EMAIL)
+    decision = decide(owners, before, before + household, new_links=household)
+    assert decision.owners == {ID2: "crm-2"} and decision.moves == []
+    assert [(r.link.event_id, r.reason) for r in decision.refusals] == [("shop:2", "two ids")]
+    again = before + household
+    assert decide({**owners, ID2: "crm-2"}, again, again + event(40, "shop:3", ID2, EMAIL)).refusals == []
+
+
+def test_a_separation_moves_the_identifier_out_and_a_lifted_one_back() -> None:
+    links = event(0, "a", ID, EMAIL) + event(5, "b", EMAIL, PHONE)
+    owners = resolve(links).customer_of
+    apart = [Separation.of(EMAIL, ID)]
+    split = decide(owners, links, links, separations_after=apart)
+    assert [(m.identifiers, m.source, m.target, m.cause) for m in split.moves] == [
+        ((EMAIL, PHONE), "crm-1", generated_id(EMAIL), None)]
+    assert split.created == {generated_id(EMAIL)} and split.merged == {}
+    back = decide({**owners, **split.owners}, links, links, apart, [])
+    assert [(m.source, m.target) for m in back.moves] == [(generated_id(EMAIL), "crm-1")]
+    assert back.merged == {generated_id(EMAIL): "crm-1"}
