@@ -28,14 +28,17 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, Tracking
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import OffsetOutOfRangeError
 
+from consumers.identity import IdentityResolver
 from domain.contract import Envelope, InvalidEvent, parse_envelope
 from domain.customer import Customer, customer_id_for, interaction_after
+from domain.identity import DEFAULT_REGION, Identifier, UnreadableIdentifier, identifiers_of
 from eventstore.store import (
     DATABASE_UNAVAILABLE,
     DeadLetterRow,
@@ -52,6 +55,9 @@ MAX_RETRIES_IN_A_ROW = 10  # rebalances settle within a few; more means a persis
 GIVE_UP_AFTER_SECONDS = 300.0  # PostgreSQL away this long: stop and let a supervisor decide
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
+# A batch whose identity decision or stream versions another ingest process changed meanwhile is
+# decided again at once, this many times, before it is re-read from Kafka like any failed batch.
+STORE_ATTEMPTS = 4
 
 
 @dataclass
@@ -64,6 +70,7 @@ class IngestStats:
     dead_lettered: int = 0
     batches: int = 0
     retried_batches: int = 0
+    redecided_batches: int = 0  # decided again in place (identity or a stream changed by another process)
     database_failures: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -93,6 +100,11 @@ class _Accepted:
     record: Any
     envelope: Envelope
     fingerprint: str
+    identifiers: tuple[Identifier, ...]  # normalised, the anchor first: its stream holds the event
+
+    @property
+    def stream(self) -> Any:
+        return customer_id_for(self.identifiers[0].value)
 
 
 def dead_letter_headers(record: Any, reason: str) -> list[tuple[str, bytes]]:
@@ -155,8 +167,11 @@ class IngestConsumer:
         max_poll_records: int = 5000,
         log_every_seconds: float = 10.0,
         give_up_after_seconds: float = GIVE_UP_AFTER_SECONDS,
+        phone_region: str = DEFAULT_REGION,
     ) -> None:
         self.store = store
+        self.phone_region = phone_region
+        self.identities = IdentityResolver(store.interactions.identity, store.interactions.datastore.get_connection)
         self.consumer = consumer
         self.dead_letters = dead_letters
         self.topic = topic
@@ -346,40 +361,47 @@ class IngestConsumer:
         self._retry_later(delay)
 
     def process(self, records: Sequence[Any]) -> None:
-        """Validate, deduplicate, apply to customers, dead-letter, then store all in one transaction."""
-        candidates, rejected = self._validate(records)
+        """Validate, deduplicate, dead-letter, then store the new facts, who is who, and the batch's
+        positions and counts in one transaction."""
+        candidates, rejected = self._validate(records, self.phone_region)
         accepted, duplicates, conflicts = self._deduplicate(candidates)
         rejected += conflicts
         counts = self._partition_counts(records, accepted, duplicates, rejected)
-
-        facts = self._facts(accepted)
         if rejected:
             self.dead_letters.publish(rejected)
         last_offsets: dict[int, int] = {}
         for record in records:
             last_offsets[record.partition] = max(last_offsets.get(record.partition, -1), record.offset)
         batch = _Batch(last_offsets, len(records), len(accepted), len(duplicates), len(rejected))
-        try:
-            self.store.record(
-                facts,
-                positions=[Tracking(kafka_position_name(self.topic, p), o) for p, o in sorted(last_offsets.items())],
-                event_ids=[
-                    EventIdRow(a.envelope.event_id, a.fingerprint, customer_id_for(a.envelope.customer_key),
-                               a.record.topic, a.record.partition, a.record.offset)
-                    for a in accepted
-                ],
-                dead_letters=[
-                    DeadLetterRow(r.topic, r.partition, r.offset, reason, r.key, r.value or b"") for r, reason in rejected
-                ],
-                counters=counts,
-            )
-        except DATABASE_UNAVAILABLE:
-            self._in_doubt = batch
-            raise
+        positions = [Tracking(kafka_position_name(self.topic, p), o) for p, o in sorted(last_offsets.items())]
+        event_ids = [EventIdRow(a.envelope.event_id, a.fingerprint, a.stream, a.record.topic, a.record.partition,
+                                a.record.offset) for a in accepted]
+        dead_letters = [DeadLetterRow(r.topic, r.partition, r.offset, reason, r.key, r.value or b"")
+                        for r, reason in rejected]
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            plan = self.identities.plan([(a.identifiers, a.envelope.occurred_at, a.envelope.event_id) for a in accepted])
+            facts, versions = self._facts(accepted)
+            facts += plan.events(versions, self.store.stream_versions)
+            try:
+                self.store.record(facts, positions=positions, event_ids=event_ids, dead_letters=dead_letters,
+                                  counters=counts, identity_writes=plan.writes)
+                break
+            except IntegrityError:
+                # Another ingest process changed a customer this batch decided from, or wrote to one of
+                # its streams: what is remembered of them may be stale. Read them again and decide again.
+                self.store.forget_stream_versions()
+                if attempt == STORE_ATTEMPTS:
+                    raise
+                self.stats.redecided_batches += 1
+                self._stop.wait(0.01 * attempt)
+            except DATABASE_UNAVAILABLE:
+                self._in_doubt = batch
+                raise
+        self.identities.stored(plan)
         batch.count(self.stats)
 
     @staticmethod
-    def _validate(records: Sequence[Any]) -> tuple[list[_Accepted], list[tuple[Any, str]]]:
+    def _validate(records: Sequence[Any], region: str) -> tuple[list[_Accepted], list[tuple[Any, str]]]:
         """Each message as an envelope, or with the reason it is dead-lettered."""
         rejected: list[tuple[Any, str]] = []
         candidates: list[_Accepted] = []
@@ -389,15 +411,19 @@ class IngestConsumer:
                 continue
             try:
                 envelope = parse_envelope(record.value)
+                identifiers = identifiers_of(envelope.customer.__dict__, region)
             except InvalidEvent as invalid:
                 rejected.append((record, invalid.reason))
+                continue
+            except UnreadableIdentifier as unreadable:
+                rejected.append((record, unreadable.reason))
                 continue
             except Exception as error:  # a bug of ours must not block the partition for ever
                 log.exception("validation failed unexpectedly at %s/%d@%d", record.topic, record.partition, record.offset)
                 rejected.append((record, f"could not be validated ({type(error).__name__}: {error}); "
                                          "report this to Rapport's maintainers with the message"))
                 continue
-            candidates.append(_Accepted(record, envelope, envelope.fingerprint()))
+            candidates.append(_Accepted(record, envelope, envelope.fingerprint(), identifiers))
         return candidates, rejected
 
     @staticmethod
@@ -442,23 +468,23 @@ class IngestConsumer:
                 ))
         return accepted, duplicates, conflicts
 
-    def _facts(self, accepted: Sequence[_Accepted]) -> list[Any]:
-        """The new facts of the batch, in the order the messages came: each customer's stream goes
-        on from its stored version; a new customer is registered first."""
-        ids = {a.envelope.customer_key: customer_id_for(a.envelope.customer_key) for a in accepted}
-        versions = self.store.stream_versions(set(ids.values()))
+    def _facts(self, accepted: Sequence[_Accepted]) -> tuple[list[Any], dict[UUID, int]]:
+        """The new facts of the batch, in the order the messages came, and each stream's version
+        after them: an event is stored in the stream of its anchor identifier (the id, else the
+        email, else the phone, in normal form), going on from its stored version; a new stream is
+        registered first."""
+        versions = self.store.stream_versions({a.stream for a in accepted})
         facts: list[Any] = []
         for item in accepted:
-            key = item.envelope.customer_key
-            customer_id = ids[key]
-            version = versions.get(customer_id)
+            stream = item.stream
+            version = versions.get(stream)
             if version is None:
-                customer = Customer(key)
+                customer = Customer(item.identifiers[0].value)
                 facts.extend(customer.collect_events())
                 version = customer.version
-            facts.append(interaction_after(item.envelope, customer_id, version))
-            versions[customer_id] = version + 1
-        return facts
+            facts.append(interaction_after(item.envelope, stream, version))
+            versions[stream] = version + 1
+        return facts, versions
 
     # -- logging -------------------------------------------------------------------------
     def _maybe_log(self) -> None:

@@ -77,6 +77,40 @@ class Customer(Aggregate):
     class SurveyAnswered(Interaction):
         pass
 
+    class IdentityChange(Aggregate.Event):
+        """Base of what identity resolution records on a customer's stream (`domain.identity`):
+        the interaction whose link caused it (`cause_event_id`, `cause_occurred_at`; None for an
+        operator's decision) and why (`reason`: `link` by an event, `unmerge` or `allow` by an
+        operator). Identifiers are written `kind:value`, in their normal form. `customer_id`: the
+        customer whose stream this is."""
+
+        customer_id: str
+        cause_event_id: str | None
+        cause_occurred_at: datetime | None
+        reason: str
+
+    class IdentifiersJoined(IdentityChange):
+        """These identifiers, and the events stored under them, are now this customer's; they were
+        `source`'s (a merge when `source` is left with nothing)."""
+
+        identifiers: list[str]
+        source: str
+
+    class IdentifiersLeft(IdentityChange):
+        """These identifiers went to `target`; `merged`: none is left, this id now redirects there."""
+
+        identifiers: list[str]
+        target: str
+        merged: bool
+
+    class LinkRefused(IdentityChange):
+        """An event of this customer linked it to `identifier`, which stays `owner`'s: two customer
+        ids are never merged (`two ids`), or an operator separated them (`separated`)."""
+
+        identifier: str
+        owner: str
+        why: str
+
     def record(self, envelope: Envelope) -> None:
         """Record one validated interaction as a new fact of this customer."""
         self.trigger_event(EVENT_CLASS_BY_TYPE[envelope.type], **interaction_fields(envelope))
@@ -132,6 +166,13 @@ def interaction_after(envelope: Envelope, customer_id: UUID, version: int) -> Cu
         originator_id=customer_id, originator_version=version + 1, timestamp=event_class.create_timestamp(),
         **interaction_fields(envelope),
     )
+
+
+def identity_change(event_class: type[Customer.IdentityChange], stream: UUID, version: int,
+                    **fields: Any) -> Customer.IdentityChange:
+    """An identity event for the stream at `version` (its previous one), made without loading it."""
+    return event_class(originator_id=stream, originator_version=version + 1,  # type: ignore[call-arg]
+                       timestamp=event_class.create_timestamp(), **fields)
 
 
 @lru_cache(maxsize=65536)

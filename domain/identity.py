@@ -319,5 +319,5 @@ def decide(owners_before: Mapping[Identifier, str], links_before: Sequence[Link]
 
 
 def _cause(new_links: Sequence[Link], after: Resolution, target: str) -> Link | None:
-    joined = [link for link in new_links if link.other is not None and after.customer_of.get(link.anchor) == target]
+    joined = [link for link in new_links if after.customer_of.get(link.anchor) == target]
     return min(joined, key=Link.order.fget, default=None)  # type: ignore[attr-defined]

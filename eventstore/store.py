@@ -21,7 +21,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError, StoredEv
 from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from psycopg.sql import SQL, Identifier
 
-from eventstore import chain, checkpoints, tables
+from eventstore import chain, checkpoints, identity, tables
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ def kafka_position_name(topic: str, partition: int) -> str:
 
 
 class InteractionRecorder(PostgresProcessRecorder):
-    """Adds Kafka positions, the `event_id` index, dead letters and ingest counters to the events' transaction."""
+    """Adds Kafka positions, the `event_id` index, dead letters, ingest counters and identity
+    (`eventstore.identity`) to the events' transaction."""
 
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
@@ -119,7 +120,10 @@ class InteractionRecorder(PostgresProcessRecorder):
             ).format(self.ingest_counters_table),
             # Caches of the point-in-time views (eventstore/checkpoints.py), beside the events.
             *checkpoints.create_statements(self.datastore.schema),
+            # Who is who (eventstore/identity.py), written with the events that say it.
+            *identity.create_statements(self.datastore.schema),
         ]
+        self.identity = identity.IdentityTables(self.datastore.schema)
 
     def _insert_events(
         self,
@@ -130,8 +134,12 @@ class InteractionRecorder(PostgresProcessRecorder):
         event_ids: Sequence[EventIdRow] = (),
         dead_letters: Sequence[DeadLetterRow] = (),
         counters: Sequence[PartitionCounts] = (),
+        identity_writes: identity.IdentityWrites | None = None,
         **kwargs: Any,
     ) -> None:
+        if identity_writes:
+            # First: it raises IdentityConflict if a customer it was decided from changed meanwhile.
+            self.identity.write(curs, identity_writes)
         # Each tracking upsert raises IntegrityError unless its offset moves forward, so a
         # consumer that lost its partitions to another one cannot write the same batch twice.
         for position in positions:

@@ -13,3 +13,8 @@ RECORDED_AT_SQL = "(convert_from(state, 'UTF8')::jsonb #>> '{timestamp,_data_}')
 # Checkpoints of the point-in-time fold (eventstore/checkpoints.py): caches beside the events.
 STREAM_TIMES = "rapport_stream_times"  # per stream and block of versions: each interaction's occurred and recorded time
 FOLD_CHECKPOINTS = "rapport_fold_checkpoints"  # per stream: folds of its events up to a version and an occurred time
+# Identity resolution (eventstore/identity.py): written in the events' transaction by ingest.
+IDENTITY_LINKS = "rapport_identity_links"  # each link events made, with its earliest event time
+IDENTIFIERS = "rapport_identifiers"  # each identifier's customer now, and its own events' stream
+IDENTITY_CUSTOMERS = "rapport_identity_customers"  # every customer id there is or was: version, merged_into
+IDENTITY_SEPARATIONS = "rapport_identity_separations"  # operators' unmerges in force

@@ -126,7 +126,7 @@ class Customer360(MergeReadModel):
 
     def on_interaction(self, event: Customer.Interaction, rows: Rows) -> None:
         event_type = TYPE_BY_EVENT_CLASS[type(event)]
-        customer, data, at, customer_id = event.customer, event.data, event.occurred_at, event.customer_key
+        customer, data, at, customer_id = event.customer, event.data, event.occurred_at, self.owners.of(event)
         row = list(_EMPTY_ROW)
         row[_CUSTOMER_ID] = customer_id
         if name := customer.get("name"):

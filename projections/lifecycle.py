@@ -166,7 +166,7 @@ class Lifecycle(ReadModel):
         facts = []
         for event in events:
             if type(event) in TYPE_BY_EVENT_CLASS:
-                fact, customer_id = fact_of(event), event.customer_key
+                fact, customer_id = fact_of(event), self.owners.of(event)
                 new.setdefault(customer_id, []).append(fact)
                 facts.append((customer_id, fact.occurred_at, fact.event_id, fact.type, fact.survey_kind,
                               fact.score))
@@ -216,6 +216,19 @@ class Lifecycle(ReadModel):
         curs.execute(self._insert_intervals)
         FOLDS.stage(curs, self.schema, [(c, Jsonb(folds[c].to_json(), dumps=orjson.dumps)) for c in customers])
         curs.execute(self._upsert_folds)
+        self._change_stage_days(curs, changes)
+
+    def forget_customers(self, curs: Any, customers: Sequence[str]) -> None:
+        curs.execute(f"DELETE FROM {self.t(INTERVALS.name)} WHERE customer_id = ANY(%s) "
+                     "RETURNING stage, starts_at, ends_at", (list(customers),))
+        self._change_stage_days(curs, [c for r in curs.fetchall()
+                                       for c in stage_changes(r["stage"], r["starts_at"], r["ends_at"], -1)])
+        for table in (FACTS, FOLDS):
+            curs.execute(f"DELETE FROM {self.t(table.name)} WHERE customer_id = ANY(%s)", (list(customers),))
+
+    def _change_stage_days(self, curs: Any, changes: list[tuple[Any, ...]]) -> None:
+        if not changes:
+            return
         merged: Merged = {}
         self._stage_days.merge_into(merged, changes)
         self._stage_days.upsert(curs, self.schema, self._upsert_stage_days, merged)

@@ -15,8 +15,9 @@ bytes orjson refuses, a mapper with a cipher or a compressor, a recorder that is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+from uuid import UUID
 
 import orjson
 from eventsourcing.persistence import JSONTranscoder, Mapper, Notification, find_id_convertor
@@ -41,12 +42,18 @@ class LogPages:
         self._classes: dict[tuple[str, type], tuple[type, Callable[[Any], Any], int] | None] = {}
         datastore = getattr(source, "datastore", None)
         table = getattr(source, "events_table_name", None)
-        self._select = None
+        self._select = self._select_streams = self._position = None
         if datastore is not None and table is not None and hasattr(datastore, "schema"):
+            events = SQL("{}.{}").format(Identifier(datastore.schema), Identifier(table))
             self._select = SQL(
-                "SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} "
+                "SELECT notification_id, originator_id, originator_version, topic, state FROM {} "
                 "WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id LIMIT %s"
-            ).format(Identifier(datastore.schema), Identifier(table))
+            ).format(events)
+            self._select_streams = SQL(
+                "SELECT notification_id, originator_id, originator_version, topic, state FROM {} "
+                "WHERE originator_id = ANY(%s) AND notification_id <= %s ORDER BY notification_id").format(events)
+            self._position = SQL("SELECT notification_id FROM {} WHERE originator_id = %s AND originator_version = %s"
+                                 ).format(events)
 
     def read(self, start: int, limit: int, stop: int | None = None) -> list[Notification]:
         """Up to `limit` notifications after `start` (and up to `stop`), in notification order."""
@@ -56,6 +63,24 @@ class LogPages:
             curs.execute(self._select, (start, stop if stop is not None else 2**63 - 1, limit), prepare=True)
             return [Notification(id=i, originator_id=o, originator_version=v, topic=t, state=s)
                     for i, o, v, t, s in curs.fetchall()]
+
+    def read_streams(self, curs: Any, streams: Sequence[UUID], upto: int) -> list[Any]:
+        """Every event of these streams stored at or before notification `upto`, decoded, in log
+        order (on the caller's connection: a read model refolding customers in its transaction)."""
+        assert self._select_streams is not None, "a PostgreSQL event store"
+        with curs.connection.cursor(binary=True, row_factory=tuple_row) as c:
+            c.execute(self._select_streams, (list(streams), upto))
+            return [self.decode(Notification(id=i, originator_id=o, originator_version=v, topic=t, state=s))
+                    for i, o, v, t, s in c.fetchall()]
+
+    def position_of(self, curs: Any, event: Any) -> int:
+        """The notification id of a stored domain event."""
+        assert self._position is not None, "a PostgreSQL event store"
+        with curs.connection.cursor(row_factory=tuple_row) as c:
+            c.execute(self._position, (event.originator_id, event.originator_version))
+            row = c.fetchone()
+        assert row is not None, "an event read from the log is stored"
+        return int(row[0])
 
     def decode(self, notification: Notification) -> Any:
         """The domain event, equal to `mapper.to_domain_event(notification)` (which may raise)."""

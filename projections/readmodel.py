@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any, ClassVar, Protocol
 
 from domain.lifecycle import LifecycleThresholds
+from projections.identity import Owners
 
 LIVE_SCHEMA = "public"
 
@@ -339,6 +340,7 @@ class ReadModel:
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
         self.schema = schema
         self.settings = settings or ModelSettings()
+        self.owners = Owners()  # whose each interaction is (projections/identity.py)
 
     def t(self, name: str) -> str:
         """The qualified name of one of this model's tables in its schema."""
@@ -349,6 +351,11 @@ class ReadModel:
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
         """Apply a page of domain events (in notification order) with set-based SQL on `curs`."""
+        raise NotImplementedError
+
+    def forget_customers(self, curs: Any, customers: Sequence[str]) -> None:
+        """Remove every row of these customers, and what they added to rows shared with others,
+        as if none of their events had been applied (an identity change refolds them)."""
         raise NotImplementedError
 
     def batch(self, curs: Any) -> Batch:
@@ -448,6 +455,12 @@ class MergeReadModel(ReadModel):
             for name, table_rows in rows.items():
                 if table_rows:
                     self._merges[name].merge_into(merged[name], table_rows)
+
+    def forget_customers(self, curs: Any, customers: Sequence[str]) -> None:
+        # Every merge table is keyed by customer first.
+        for table in self.tables:
+            assert table.primary_key[0] == "customer_id", table.name
+            curs.execute(f"DELETE FROM {self.t(table.name)} WHERE customer_id = ANY(%s)", (list(customers),))
 
     def _finish(self, curs: Any, merged: MergeState) -> None:
         for name, table_merged in merged.items():

@@ -44,6 +44,7 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg.sql import SQL
 
+from projections.identity import IdentityBatch
 from projections.pages import LogPages
 from projections.readmodel import ANALYTICS_SCHEMA, LIVE_SCHEMA, Batch, ReadModel
 
@@ -279,7 +280,7 @@ class Projector:
                     if any(isinstance(e, Undecodable) for e in events):
                         raise ValueError("a stored event cannot be decoded")
                     began = time.perf_counter()
-                    batch = batches.get(name) or batches.setdefault(name, model.batch(curs))
+                    batch = batches.get(name) or batches.setdefault(name, self._batch(model, curs))
                     if admitted := self._admitted(events):
                         batch.add(admitted)
                     stats = self.stats[name]
@@ -367,7 +368,7 @@ class Projector:
         if not any(isinstance(e, Undecodable) for _, e in pending):
             try:
                 with curs.connection.transaction():
-                    model.apply(curs, [e for _, e in pending])
+                    self._apply_events(model, curs, [e for _, e in pending])
                 return
             except UNAVAILABLE:
                 raise
@@ -380,13 +381,22 @@ class Projector:
                 continue
             try:
                 with curs.connection.transaction():
-                    model.apply(curs, [event])
+                    self._apply_events(model, curs, [event])
             except UNAVAILABLE:
                 raise
             except Exception as error:  # noqa: BLE001 - parked, with the error, for `projections retry`
                 log.error("%s: parked notification %d (%s)", name, notification.id, describe(error))
                 self.store.park(curs, name, notification, error)
                 self.stats[name].parked += 1
+
+    def _batch(self, model: ReadModel, curs: Any) -> Batch:
+        """The model's batch, following who is who (`projections.identity`)."""
+        return IdentityBatch(model, curs, self._pages.read_streams, self._pages.position_of)
+
+    def _apply_events(self, model: ReadModel, curs: Any, events: list[Any]) -> None:
+        batch = self._batch(model, curs)
+        batch.add(events)
+        batch.finish()
 
     # -- following the log ------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

@@ -156,7 +156,7 @@ class Satisfaction(ReadModel):
             event_type = TYPE_BY_EVENT_CLASS.get(type(event))
             if event_type is None:
                 continue
-            customer_id, data = event.customer_key, event.data
+            customer_id, data = self.owners.of(event), event.data
             seen.append((customer_id, event.occurred_at))
             if event_type == "survey_response":
                 responses.append([customer_id, event.event_id, event.occurred_at, data["kind"], int(data["score"]),
@@ -193,6 +193,16 @@ class Satisfaction(ReadModel):
                              [list(column) for column in zip(*emptied, strict=True)])
         if pending.customers:
             self._customers.upsert(curs, self.schema, self._sql["customers"], pending.customers)
+
+    def forget_customers(self, curs: Any, customers: Sequence[str]) -> None:
+        curs.execute(f"DELETE FROM {self.t(RESPONSES.name)} WHERE customer_id = ANY(%s) "
+                     "RETURNING occurred_at, kind, score, channel", (list(customers),))
+        pending = _Pending()
+        self._days.merge_into(pending.days, [day_row(r["occurred_at"].astimezone(UTC).date(), r["kind"], r["channel"],
+                                                     r["score"], -1) for r in curs.fetchall()])
+        for table in (CONTACTS, LATEST, CUSTOMERS):
+            curs.execute(f"DELETE FROM {self.t(table.name)} WHERE customer_id = ANY(%s)", (list(customers),))
+        self._finish(curs, pending)  # takes the answers out of their day buckets
 
     def _find_channels(self, curs: Any, responses: list[list[Any]]) -> None:
         """Set each answer's channel from the stored event it is about (this page's included)."""

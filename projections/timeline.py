@@ -58,10 +58,13 @@ class Timeline(ReadModel):
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
         rows = [
-            (event.customer_key, event.occurred_at, event.event_id, event_type, event.source,
+            (self.owners.of(event), event.occurred_at, event.event_id, event_type, event.source,
              Jsonb(event.data, dumps=json_bytes))
             for event in events
             if (event_type := TYPE_BY_EVENT_CLASS.get(type(event))) is not None
         ]
         if rows:
             EVENTS.copy(curs, self.schema, rows)
+
+    def forget_customers(self, curs: Any, customers: Sequence[str]) -> None:
+        curs.execute(f"DELETE FROM {self.t(EVENTS.name)} WHERE customer_id = ANY(%s)", (list(customers),))

@@ -114,6 +114,7 @@ def ingest_consumer(settings: Settings, store: InteractionLog | None = None, **c
         topic=settings.topic,
         poll_timeout_ms=settings.ingest_poll_timeout_ms,
         max_poll_records=settings.ingest_max_poll_records,
+        phone_region=settings.default_phone_region,
     )
 
 

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     aggregate_cache_size: int = Field(
         200_000, ge=0, description="Customers whose stream version ingest keeps in memory (0: none)."
     )
+    default_phone_region: str = Field(
+        "US", description="Identity matching: the region (ISO 3166 code, e.g. LK, GB) of phone numbers written "
+                          "without a country code; numbers in international form (+94...) need none.")
     projection_page_size: int = Field(2000, ge=1, description="Events the projector applies per transaction.")
     projection_catch_up_events: int = Field(
         50_000, ge=0, description="Far behind the head (a catch-up, a rebuild), events the projector applies per "
@@ -82,6 +85,16 @@ class Settings(BaseSettings):
         if self.dead_letter_topic == self.topic:
             raise ValueError("RAPPORT_DLQ_TOPIC must differ from RAPPORT_TOPIC (dead letters would be read again)")
         return self
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not a region phonenumbers knows; use an ISO 3166 code such as US, GB, LK")
+        return region
 
     @field_validator("log_level")
     @classmethod
