@@ -147,5 +147,6 @@ def plan_from(state: IdentityState, new_links: Sequence[Link], separations_after
         new_identifiers=[(x, decision.owners[x], customer_id_for(x.value)) for x in decision.new],
         moved_identifiers=[(x, m.target) for m in decision.moves for x in m.identifiers],
         links=[(link, now) for link in new_links],
+        refusals=list(decision.refusals),
     )
     return IdentityPlan(writes, decision, {(link.anchor, link.other): link for link in new_links}, dict(state.owners))

@@ -10,7 +10,9 @@ The rules are `domain.identity`'s; this module keeps their inputs and their curr
   identifier has two customers;
 - `rapport_identity_customers`: every customer id there is or was, with a version and, for one
   merged away, the customer it redirects to;
-- `rapport_identity_separations`: the operators' separations (unmerges) in force.
+- `rapport_identity_separations`: the operators' separations (unmerges) in force;
+- `rapport_identity_refusals`: each link refused (its anchor's customer keeps it apart from the
+  other identifier's), with why and the event that asked for it.
 
 **Concurrency** is optimistic, as eventsourcing's streams are: a decision reads a closed set of
 identifiers (`IdentityTables.closure`: the customers of the batch's identifiers, all their
@@ -34,7 +36,7 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
 from domain.identity import Identifier as Id
-from domain.identity import Link, Separation
+from domain.identity import Link, Refusal, Separation
 from eventstore import tables
 
 ALONE = ""  # `other` of a link that says its anchor was seen
@@ -51,9 +53,10 @@ def parse_identifier(text: str) -> Id:
 
 def create_statements(schema: str) -> list[Composed]:
     """The identity tables, for the event store's `sql_create_statements`."""
-    links, identifiers, customers, separations = (
+    links, identifiers, customers, separations, refusals = (
         SQL("{}.{}").format(Identifier(schema), Identifier(name)) for name in (
-            tables.IDENTITY_LINKS, tables.IDENTIFIERS, tables.IDENTITY_CUSTOMERS, tables.IDENTITY_SEPARATIONS))
+            tables.IDENTITY_LINKS, tables.IDENTIFIERS, tables.IDENTITY_CUSTOMERS, tables.IDENTITY_SEPARATIONS,
+            tables.IDENTITY_REFUSALS))
     return [
         SQL("CREATE TABLE IF NOT EXISTS {} ("
             'anchor text COLLATE "C" NOT NULL, other text COLLATE "C" NOT NULL, '
@@ -74,6 +77,10 @@ def create_statements(schema: str) -> list[Composed]:
         SQL("CREATE TABLE IF NOT EXISTS {} ("
             'a text COLLATE "C" NOT NULL, b text COLLATE "C" NOT NULL, reason text NOT NULL, '
             "made_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (a, b))").format(separations),
+        SQL("CREATE TABLE IF NOT EXISTS {} ("
+            'anchor text COLLATE "C" NOT NULL, other text COLLATE "C" NOT NULL, why text NOT NULL, '
+            "event_id text NOT NULL, occurred_at timestamptz NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(), "
+            "PRIMARY KEY (anchor, other))").format(refusals),
     ]
 
 
@@ -86,7 +93,9 @@ class IdentityState:
     streams: dict[Id, UUID] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
     links: dict[tuple[Id, Id | None], Link] = field(default_factory=dict)
+    recorded: dict[tuple[Id, Id | None], datetime] = field(default_factory=dict)  # each link's first recording
     separations: list[Separation] = field(default_factory=list)
+    separations_made: dict[Separation, datetime] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,17 +111,19 @@ class IdentityWrites:
     links: list[tuple[Link, datetime]] = field(default_factory=list)  # with the time it is recorded
     separations_added: list[tuple[Separation, str]] = field(default_factory=list)
     separations_lifted: list[Separation] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.expected or self.created or self.new_identifiers or self.links
-                    or self.separations_added or self.separations_lifted)
+                    or self.separations_added or self.separations_lifted or self.refusals)
 
     def add(self, other: IdentityWrites) -> None:
         for name in ("changed", "created"):
             getattr(self, name).update(getattr(other, name))
         for name in ("expected", "merged"):
             getattr(self, name).update(getattr(other, name))
-        for name in ("new_identifiers", "moved_identifiers", "links", "separations_added", "separations_lifted"):
+        for name in ("new_identifiers", "moved_identifiers", "links", "separations_added", "separations_lifted",
+                     "refusals"):
             getattr(self, name).extend(getattr(other, name))
 
 
@@ -120,9 +131,10 @@ class IdentityTables:
     """Reads and writes the identity tables (in the event store's schema)."""
 
     def __init__(self, schema: str) -> None:
-        self.links, self.identifiers, self.customers, self.separations = (
+        self.links, self.identifiers, self.customers, self.separations, self.refusals = (
             SQL("{}.{}").format(Identifier(schema), Identifier(name)) for name in (
-                tables.IDENTITY_LINKS, tables.IDENTIFIERS, tables.IDENTITY_CUSTOMERS, tables.IDENTITY_SEPARATIONS))
+                tables.IDENTITY_LINKS, tables.IDENTIFIERS, tables.IDENTITY_CUSTOMERS, tables.IDENTITY_SEPARATIONS,
+                tables.IDENTITY_REFUSALS))
 
     # -- reading --------------------------------------------------------------------------------
     def known_links(self, conn: Any, pairs: Iterable[tuple[Id, Id | None]]) -> dict[tuple[Id, Id | None], tuple[datetime, str]]:
@@ -160,13 +172,14 @@ class IdentityTables:
                     x = parse_identifier(text)
                     state.owners[x], state.streams[x] = customer_id, stream
                 members = [str(x) for x in state.owners if x not in seen] + texts
-                curs.execute(SQL("SELECT anchor, other, occurred_at, event_id FROM {} "
+                curs.execute(SQL("SELECT anchor, other, occurred_at, event_id, recorded_at FROM {} "
                                  "WHERE anchor = ANY(%s) OR other = ANY(%s)").format(self.links), (members, members))
                 grown: set[Id] = {x for x in state.owners if x not in seen}
-                for anchor_text, other_text, occurred_at, event_id in curs.fetchall():
+                for anchor_text, other_text, occurred_at, event_id, recorded_at in curs.fetchall():
                     anchor = parse_identifier(anchor_text)
                     other = parse_identifier(other_text) if other_text != ALONE else None
                     state.links[anchor, other] = Link(occurred_at, event_id, anchor, other)
+                    state.recorded[anchor, other] = recorded_at
                     grown |= {x for x in (anchor, other) if x is not None and x not in seen}
                 seen |= {x for x in state.owners}
                 frontier = grown - seen
@@ -175,9 +188,12 @@ class IdentityTables:
                              (sorted(customers),))
                 state.versions = dict(curs.fetchall())
             texts = [str(x) for x in seen]
-            curs.execute(SQL("SELECT a, b FROM {} WHERE a = ANY(%s) OR b = ANY(%s)").format(self.separations),
+            curs.execute(SQL("SELECT a, b, made_at FROM {} WHERE a = ANY(%s) OR b = ANY(%s)").format(self.separations),
                          (texts, texts))
-            state.separations = [Separation(parse_identifier(a), parse_identifier(b)) for a, b in curs.fetchall()]
+            for a, b, made_at in curs.fetchall():
+                separation = Separation(parse_identifier(a), parse_identifier(b))
+                state.separations.append(separation)
+                state.separations_made[separation] = made_at
         return state
 
     # -- writing, in the events' transaction ----------------------------------------------------
@@ -232,6 +248,13 @@ class IdentityTables:
         for separation, reason in writes.separations_added:
             curs.execute(SQL("INSERT INTO {} (a, b, reason) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
                              ).format(self.separations), (str(separation.a), str(separation.b), reason))
+        if writes.refusals:
+            rows = sorted(writes.refusals, key=lambda r: (str(r.link.anchor), str(r.link.other)))
+            curs.execute(SQL("INSERT INTO {} (anchor, other, why, event_id, occurred_at) "
+                             "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) "
+                             "ON CONFLICT (anchor, other) DO NOTHING").format(self.refusals),
+                         ([str(r.link.anchor) for r in rows], [str(r.link.other) for r in rows], [r.reason for r in rows],
+                          [r.link.event_id for r in rows], [r.link.occurred_at for r in rows]))
         for separation in writes.separations_lifted:
             curs.execute(SQL("DELETE FROM {} WHERE a = %s AND b = %s").format(self.separations),
                          (str(separation.a), str(separation.b)))

@@ -18,3 +18,4 @@ IDENTITY_LINKS = "rapport_identity_links"  # each link events made, with its ear
 IDENTIFIERS = "rapport_identifiers"  # each identifier's customer now, and its own events' stream
 IDENTITY_CUSTOMERS = "rapport_identity_customers"  # every customer id there is or was: version, merged_into
 IDENTITY_SEPARATIONS = "rapport_identity_separations"  # operators' unmerges in force
+IDENTITY_REFUSALS = "rapport_identity_refusals"  # links refused, by anchor and other identifier

@@ -82,6 +82,9 @@ class CustomerFold:
         self.merge = merge if merge is not None else model.merge_state()
         self.lifecycle = lifecycle or LifecycleFold(thresholds)
         self._finalised = finalised
+        # Set by `PointInTimeViews.fold`: the customer its rows are for, and who it was then.
+        self.customer_id: str | None = None
+        self.identity: Any = None
 
     def add(self, events: Sequence[Customer.Interaction]) -> None:
         """Fold events in, in any order; all must have occurred after every event folded so far."""

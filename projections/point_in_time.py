@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
+from uuid import UUID
 
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer, customer_id_for
+from domain.identity import Identifier, Refusal, resolve
 from eventstore.checkpoints import microseconds
 from eventstore.store import InteractionLog
 from projections.checkpoints import CHECKPOINT_EVERY, CustomerFold, FoldCheckpoints
@@ -76,6 +78,17 @@ def _microseconds(moment: datetime | int) -> int:
     return moment if isinstance(moment, int) else microseconds(moment)
 
 
+@dataclass
+class IdentityAt:
+    """Who a customer was at a point in time: its identifiers, the links refused to it (each with
+    the customer that kept the other identifier), and the streams of its events."""
+
+    customer_id: str
+    identifiers: list[Identifier]
+    refusals: list[tuple[Refusal, str]]
+    streams: list[UUID]
+
+
 class PointInTimeViews:
     """Reads one customer's events at a point in time and folds them as the read models do,
     from the checkpoints of `projections.checkpoints` (taking them by its rule)."""
@@ -88,18 +101,58 @@ class PointInTimeViews:
         self.checkpoints = FoldCheckpoints(store, self._customer_360, self.thresholds,
                                            checkpoint_every or CHECKPOINT_EVERY)
 
+    def identity_at(self, conn: Any, customer_id: str, point: PointInTime[datetime]) -> IdentityAt | None:
+        """Who the customer was at `point`: identity resolved again (`domain.identity.resolve`) from
+        the links that point admits (those that occurred by `as_of`, first recorded by `known_at`)
+        and the operators' separations (with `known_at`, those made by then). None: a customer of a
+        store from before identity resolution (its one stream is its history)."""
+        tables = self.store.interactions.identity
+        seeds = {x for x, _ in tables.members(conn, customer_id)}
+        survivor = tables.redirect(conn, customer_id)
+        if survivor is not None:
+            seeds |= {x for x, _ in tables.members(conn, survivor)}
+        if not seeds:
+            return None
+        state = tables.closure(conn, seeds)
+        links = [link for pair, link in state.links.items()
+                 if point.admits_moments(link.occurred_at, state.recorded[pair])]
+        separations = [s for s in state.separations
+                       if point.known_at is None or state.separations_made[s] <= point.known_at]
+        then = resolve(links, separations)
+        members = then.members.get(customer_id, [])
+        refusals = [(r, then.customer_of[r.link.other]) for r in then.refusals_of(customer_id) if r.link.other]
+        streams = sorted({customer_id_for(x.value) for x in members} | {customer_id_for(customer_id)}) if members else []
+        return IdentityAt(customer_id, members, refusals, streams)
+
     def fold(self, customer_key: str, point: PointInTime[datetime]) -> CustomerFold | None:
-        """The read models' fold of the customer's events that `point` admits (None: unknown then)."""
-        stream = customer_id_for(customer_key)
+        """The read models' fold of the customer's events that `point` admits (None: unknown then),
+        its rows all under `customer_key`, with `identity` set to who it was then."""
         admits = point.in_microseconds().admits_moments
         known = point.known_at_alone()
+        knows = known.in_microseconds().admits_moments if known else None
         with self.checkpoints.tables.connection() as conn:
-            times, checkpoints = self.checkpoints.read(conn, stream)
-            admitted = times.admitted(admits)
-            if not any(admitted):
+            identity = self.identity_at(conn, customer_key, point)
+            streams = [customer_id_for(customer_key)] if identity is None else identity.streams
+            read = [(stream, *self.checkpoints.read(conn, stream)) for stream in streams]
+            read = [(stream, times, checkpoints, admitted) for stream, times, checkpoints in read
+                    if any(admitted := times.admitted(admits))]
+            if not read:
                 return None
-            return self.checkpoints.fold(conn, stream, times, checkpoints, admits, admitted,
-                                         known.in_microseconds().admits_moments if known else None)
+            if len(read) == 1:  # one stream: from its checkpoints
+                [(stream, times, checkpoints, admitted)] = read
+                fold = self.checkpoints.fold(conn, stream, times, checkpoints, admits, admitted, knows)
+            else:  # a customer of several streams (its identifiers' own): each admitted event, folded once
+                events = [e for stream, times, _, admitted in read
+                          for e in self.checkpoints.events(conn, stream, times, [p for p, a in enumerate(admitted) if a])]
+                fold = self.fold_of(sorted(events, key=lambda e: (e.occurred_at, e.event_id)))
+        fold.customer_id = customer_key
+        fold.identity = identity
+        return fold
+
+    def customer_360_rows(self, fold: CustomerFold) -> dict[str, list[list[Any]]]:
+        """The fold's `customer_360` rows, all under its customer (its events may be keyed by others)."""
+        rows = fold.customer_360_rows()
+        return rows if fold.customer_id is None else self._customer_360.rows_as(rows, fold.customer_id)
 
     def fold_of(self, events: Sequence[Customer.Interaction]) -> CustomerFold:
         """The read models' fold of these events alone (`rapport audit export` folds what it read)."""
@@ -114,25 +167,41 @@ class PointInTimeViews:
         the events of the page (and those of its last moment) are read and decoded."""
         admits = point.in_microseconds().admits_moments
         with self.checkpoints.tables.connection() as conn:
-            times, _ = self.checkpoints.read(conn, customer_id_for(customer_key))
-            candidates = [p for p, admitted in enumerate(times.admitted(admits)) if admitted]
-            if not candidates:
+            identity = self.identity_at(conn, customer_key, point)
+            streams = [customer_id_for(customer_key)] if identity is None else identity.streams
+            rows: list[dict[str, Any]] = []
+            known = False
+            for stream in streams:
+                page = self._timeline_of_stream(conn, stream, admits, before, limit)
+                if page is not None:
+                    known = True
+                    rows += page
+            if not known:
                 return None
-            if before is not None:
-                bound = microseconds(before[0])
-                candidates = [p for p in candidates if times.occurred[p] <= bound]
-            wanted = limit + 1
-            taken = wanted
-            while True:
-                newest = heapq.nlargest(taken, candidates, key=times.occurred.__getitem__)
-                if len(newest) < len(candidates):  # with every event of the last moment: event_id orders them
-                    last = times.occurred[newest[-1]]
-                    newest = [p for p in candidates if times.occurred[p] >= last]
-                events = self.checkpoints.events(conn, customer_id_for(customer_key), times, newest)
-                rows = timeline_rows([e for e in events if before is None or (e.occurred_at, e.event_id) < before])
-                if len(rows) >= wanted or len(newest) == len(candidates):
-                    return rows[:wanted]
-                taken *= 2
+        rows.sort(key=lambda r: (r["occurred_at"], r["event_id"]), reverse=True)
+        return rows[:limit + 1]
+
+    def _timeline_of_stream(self, conn: Any, stream: UUID, admits: Any, before: tuple[datetime, str] | None,
+                            limit: int) -> list[dict[str, Any]] | None:
+        times, _ = self.checkpoints.read(conn, stream)
+        candidates = [p for p, admitted in enumerate(times.admitted(admits)) if admitted]
+        if not candidates:
+            return None
+        if before is not None:
+            bound = microseconds(before[0])
+            candidates = [p for p in candidates if times.occurred[p] <= bound]
+        wanted = limit + 1
+        taken = wanted
+        while True:
+            newest = heapq.nlargest(taken, candidates, key=times.occurred.__getitem__)
+            if len(newest) < len(candidates):  # with every event of the last moment: event_id orders them
+                last = times.occurred[newest[-1]]
+                newest = [p for p in candidates if times.occurred[p] >= last]
+            events = self.checkpoints.events(conn, stream, times, newest)
+            rows = timeline_rows([e for e in events if before is None or (e.occurred_at, e.event_id) < before])
+            if len(rows) >= wanted or len(newest) == len(candidates):
+                return rows[:wanted]
+            taken *= 2
 
 
 def timeline_rows(events: Sequence[Customer.Interaction]) -> list[dict[str, Any]]:

@@ -444,6 +444,17 @@ class MergeReadModel(ReadModel):
             self._merges[name].merge_into(state[name], table_rows)  # one row per key: nothing to combine
         return state
 
+    def rows_as(self, rows: dict[str, list[list[Any]]], customer_id: str) -> dict[str, list[list[Any]]]:
+        """`rows` (as `rows_from` gives them) all under one customer, merged by the tables' rules:
+        the rows of a fold of events keyed by several customers, as those customers merged."""
+        state = self.merge_state()
+        for name, table_rows in rows.items():
+            merge = self._merges[name]
+            unions = merge._union  # noqa: SLF001 - sets while merging, as the handlers make them
+            merge.merge_into(state[name], [[customer_id, *(set(v) if i in unions else v for i, v in enumerate(row) if i)]
+                                           for row in table_rows])
+        return self.rows_from(state)
+
     def _add(self, merged: MergeState, events: Iterable[Any]) -> None:
         rows: Rows = {name: [] for name in merged}
         bound = self._bound

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from projections.catalog import READ_MODELS
-from services import audit_cli, projections_cli
+from services import audit_cli, customers_cli, projections_cli
 from services.settings import Settings, describe_settings_errors, settings_help
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     projections_cli.add_parser(sub, epilog)
     projections_cli.add_replay_parser(sub, epilog)
     audit_cli.add_parser(sub, epilog)
+
+    customers_cli.add_parser(sub, epilog)
 
     p = sub.add_parser("api", help="serve the HTTP API (OpenAPI page at /docs)",
                        description="Serves GET /customers/{id}, POST /events, GET /health and GET /projections.",

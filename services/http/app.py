@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.http import audit, customers, errors, events, lifecycle, operations, satisfaction
+from services.http import audit, customers, errors, events, identity, lifecycle, operations, satisfaction
 from services.http.lookup import CustomerLookup
 from services.http.resources import Resources
 from services.settings import Settings
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(events.router)
     # Routes under /customers/{id}/... come before /customers/{id:path}, which would swallow them.
+    app.include_router(identity.router)
     app.include_router(customers.router)
     app.include_router(lifecycle.router)
     app.include_router(satisfaction.router)

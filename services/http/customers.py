@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Path, Query, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from domain.contract import EVENT_TYPES, utc_now
 from domain.customer import Customer
@@ -19,13 +19,15 @@ from domain.rules import average_order_value, format_money, nps_category, prefer
 from projections import customer_360, lifecycle, timeline
 from projections.checkpoints import CustomerFold
 from projections.customer_360 import count_column, last_column
-from projections.point_in_time import PointInTime, PointInTimeViews
-from services.http import params
+from projections.point_in_time import IdentityAt, PointInTime, PointInTimeViews
+from services.http import identity, params
+from services.http.identity import By
 from services.http.resources import Res
 
 router = APIRouter(tags=["customers"])
 
-CustomerId = Annotated[str, Path(min_length=1, description="the customer.id, else the email, else the phone")]
+CustomerId = Annotated[str, Path(min_length=1, description="the customer's id, or any of its identifiers: an account "
+                                                          "id, an email or a phone (`by` says which)")]
 AsOf = Annotated[str | None, Query(
     description="RFC 3339 time or date (contract §5): built from the event store, only from the events that "
                 "occurred by then, and evaluated then (stages reached by the passing of time included): what was "
@@ -36,8 +38,8 @@ KnownAt = Annotated[str | None, Query(
 
 
 def not_found(customer_id: str) -> HTTPException:
-    return HTTPException(404, f"no customer with id {customer_id!r} (ids are the customer.id, else the email, "
-                              "else the phone of their events)")
+    return HTTPException(404, f"no customer with id {customer_id!r} (give its id, or any account id, email or phone "
+                              "of its events; ?by=id|email|phone says which)")
 
 
 def point_in_time(as_of: str | None, known_at: str | None) -> PointInTime | None:
@@ -70,12 +72,14 @@ def unknown_at(customer_id: str, point: PointInTime) -> HTTPException:
 
 # `:path` lets customer ids hold '/': the routes under /customers/{id}/... come first.
 @router.get("/customers/{customer_id:path}/lifecycle", summary="A customer's stage history (contract §3b, §5)")
-def get_lifecycle(customer_id: CustomerId, res: Res, as_of: AsOf = None, known_at: KnownAt = None) -> dict[str, Any]:
+def get_lifecycle(customer_id: CustomerId, request: Request, res: Res, as_of: AsOf = None, known_at: KnownAt = None,
+                  by: By = None) -> dict[str, Any]:
     point = point_in_time(as_of, known_at)
     customer_id = params.text("customer_id", customer_id)
     if point is not None:
         history = fold_at(res, customer_id, point).history()
         return {"customer_id": customer_id, "items": history_json(history, point.at)}
+    customer_id = identity.canonical(res, request, customer_id, by)
     with res.pool.connection() as conn:
         rows = conn.execute(
             f"SELECT stage, since, until, reason, event_id, previous_stage FROM {lifecycle.INTERVALS.name} "
@@ -109,11 +113,13 @@ def interval_json(interval: StageInterval) -> dict[str, Any]:
 @router.get("/customers/{customer_id:path}/timeline", summary="A customer's events, newest first (contract §3, §5)")
 def get_timeline(
     customer_id: CustomerId,
+    request: Request,
     res: Res,
     limit: Annotated[int, Query(ge=1, le=500, description="items per page")] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
     as_of: AsOf = None,
     known_at: KnownAt = None,
+    by: By = None,
 ) -> dict[str, Any]:
     point = point_in_time(as_of, known_at)
     customer_id = params.text("customer_id", customer_id)
@@ -123,6 +129,7 @@ def get_timeline(
         if newest_first is None:
             raise unknown_at(customer_id, point)
         return timeline_page(newest_first, limit)
+    customer_id = identity.canonical(res, request, customer_id, by)
     table = timeline.EVENTS.name
     # Keyset on the primary key (customer_id, occurred_at, event_id): an index scan from the
     # cursor on, and events stored meanwhile never shift the pages already given.
@@ -148,16 +155,35 @@ def timeline_page(rows: list[Any], limit: int) -> dict[str, Any]:
     }
 
 
+@router.get("/customers/lookup", summary="The single view of the customer with one identifier (issue 14)",
+            response_model=dict[str, Any])
+def lookup_customer(res: Res, email: str | None = None, phone: str | None = None,
+                    id: Annotated[str | None, Query(description="an account id (customer.id)")] = None,  # noqa: A002
+                    ) -> Response:
+    return live_view(res, identity.by_one_identifier(res, email, phone, id))
+
+
 @router.get("/customers/{customer_id:path}", summary="The single view of one customer (contract §3, §5)",
             response_model=dict[str, Any])
-def get_customer(customer_id: CustomerId, res: Res, as_of: AsOf = None, known_at: KnownAt = None) -> Response:
+def get_customer(customer_id: CustomerId, request: Request, res: Res, as_of: AsOf = None, known_at: KnownAt = None,
+                 by: By = None) -> Response:
     point = point_in_time(as_of, known_at)
     customer_id = params.text("customer_id", customer_id)
     if point is not None:
-        view: dict[str, Any] | None = view_at(res, customer_id, point)
-    else:
+        view = view_at(res, customer_id, point)
+        return Response(orjson.dumps(view), media_type="application/json")
+    if by is None:
         with res.pool.connection() as conn:
-            view = customer_view(conn, customer_id, utc_now())
+            found = customer_view(conn, customer_id, utc_now())
+        if found is not None:
+            return Response(orjson.dumps(found), media_type="application/json")
+    return live_view(res, identity.canonical(res, request, customer_id, by))
+
+
+def live_view(res: Res, customer_id: str) -> Response:
+    """The customer's view now, from the read models; 404 when they have no row of it (yet)."""
+    with res.pool.connection() as conn:
+        view = customer_view(conn, customer_id, utc_now())
     if view is None:
         raise not_found(customer_id)
     # Serialised here with orjson: the same JSON as FastAPI's encoder gives (compact, UTF-8), without
@@ -167,7 +193,9 @@ def get_customer(customer_id: CustomerId, res: Res, as_of: AsOf = None, known_at
 
 def view_at(res: Res, customer_id: str, point: PointInTime) -> dict[str, Any]:
     """The contract §3 JSON of one customer at a point in time (§5), from the event store."""
-    return view_of_fold(fold_at(res, customer_id, point), point)
+    views = res.point_in_time
+    fold = fold_at(res, customer_id, point)
+    return view_of(view_row(views.customer_360_rows(fold), fold.interval_at(point.at), fold.identity))
 
 
 def view_from_events(views: PointInTimeViews, events: Sequence[Customer.Interaction], point: PointInTime) -> dict[str, Any]:
@@ -177,14 +205,16 @@ def view_from_events(views: PointInTimeViews, events: Sequence[Customer.Interact
 
 def view_of_fold(fold: CustomerFold, point: PointInTime) -> dict[str, Any]:
     """The contract §3 JSON of one customer from the read models' fold of its events at `point`."""
-    return view_of(view_row(fold.customer_360_rows(), fold.interval_at(point.at)))
+    return view_of(view_row(fold.customer_360_rows(), fold.interval_at(point.at), fold.identity))
 
 
 # One statement, so one snapshot and one round trip (psycopg prepares it after a few uses): the
-# customer's row, its revenue per currency and skus as arrays, and the lifecycle interval holding now.
+# customer's row, its revenue per currency and skus as arrays, the lifecycle interval holding now, and
+# its identity (its identifiers and refused links, from the event store's identity tables).
 # Every part is an index range of this customer's rows.
 VIEW_SQL = (
-    f"SELECT c.*, r.currencies, r.revenues, r.orders, p.skus, l.stage, l.since FROM {customer_360.CUSTOMERS.name} c "
+    "SELECT c.*, r.currencies, r.revenues, r.orders, p.skus, l.stage, l.since, ident.identifiers, refusal.refused "
+    f"FROM {customer_360.CUSTOMERS.name} c "
     "LEFT JOIN LATERAL (SELECT array_agg(currency ORDER BY currency) AS currencies, "
     "array_agg(revenue ORDER BY currency) AS revenues, array_agg(orders ORDER BY currency) AS orders "
     f"FROM {customer_360.REVENUE.name} WHERE customer_id = c.customer_id) r ON true "
@@ -194,6 +224,7 @@ VIEW_SQL = (
     # bring: read from the latest backwards, a customer with thousands of intervals costs no more.
     f"LEFT JOIN LATERAL (SELECT stage, since FROM {lifecycle.INTERVALS.name} "
     "WHERE customer_id = c.customer_id AND during @> %(now)s::timestamptz ORDER BY seq DESC LIMIT 1) l ON true "
+    + identity.IDENTITY_JOINS +
     "WHERE c.customer_id = %(id)s"
 )
 
@@ -206,9 +237,10 @@ def customer_view(conn: Any, customer_id: str, now: datetime) -> dict[str, Any] 
     return None if row is None else view_of(row)
 
 
-def view_row(rows: dict[str, list[list[Any]]], current: StageInterval | None) -> dict[str, Any]:
+def view_row(rows: dict[str, list[list[Any]]], current: StageInterval | None, identity: IdentityAt | None) -> dict[str, Any]:
     """The row `VIEW_SQL` gives, from one customer's rows of the `customer_360` tables (in key
-    order, as the read model stores them) and the lifecycle interval holding at the view's moment."""
+    order, as the read model stores them), the lifecycle interval holding at the view's moment and
+    who the customer was then."""
     [customer] = rows[customer_360.CUSTOMERS.name]
     revenue, products = customer_360.REVENUE, customer_360.PRODUCTS
     currency, amount, orders = (revenue.position(c) for c in ("currency", "revenue", "orders"))
@@ -221,6 +253,9 @@ def view_row(rows: dict[str, list[list[Any]]], current: StageInterval | None) ->
         "skus": [r[sku] for r in rows[products.name]],
         "stage": current.stage.value if current else None,
         "since": current.since if current else None,
+        "identifiers": [str(x) for x in identity.identifiers] if identity else None,
+        "refused": [{"identifier": str(r.link.other), "owner": owner, "reason": r.reason, "event_id": r.link.event_id,
+                     "occurred_at": r.link.occurred_at} for r, owner in identity.refusals] if identity else None,
     }
 
 
@@ -257,4 +292,5 @@ def view_of(row: dict[str, Any]) -> dict[str, Any]:
         },
         "lifecycle": {"stage": row["stage"], "since": params.rfc3339(row["since"])} if row["stage"] is not None
         else {"stage": None, "since": None},
+        "identity": identity.identity_json(row.get("identifiers"), row.get("refused")),
     }

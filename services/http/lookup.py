@@ -6,9 +6,10 @@ resolving dependencies and handing the blocking query to a thread (measured with
 README's Performance section); here the request is answered by an ASGI middleware that runs the
 route's one SQL statement (`customers.VIEW_SQL`) on an asyncio connection pool and sends the JSON
 `customers.view_of` builds. Only the plain case is taken: `GET /customers/<id>` without a query
-string, an id that is not empty, holds no NUL and is not a `/lifecycle` or `/timeline` path.
-Everything else (parameters, errors to explain, HEAD) goes on to the FastAPI route, which stays
-the documented one (OpenAPI). A database error propagates to `errors.JSONServerErrors` (503).
+string, an id that is not empty, holds no NUL and is not a `/lifecycle` or `/timeline` path, and is
+a customer's id. Everything else (parameters, errors to explain, HEAD, a key that is an email or
+phone of a customer or an id merged into another) goes on to the FastAPI route, which stays the
+documented one (OpenAPI). A database error propagates to `errors.JSONServerErrors` (503).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from domain.contract import utc_now
-from services.http.customers import VIEW_SQL, not_found, view_of
+from services.http.customers import VIEW_SQL, view_of
 
 PREFIX = "/customers/"
 SUBROUTES = ("/lifecycle", "/timeline")
@@ -52,11 +53,10 @@ class CustomerLookup:
         async with resources.async_pool.connection() as conn:
             cursor = await conn.execute(VIEW_SQL, {"id": customer_id, "now": utc_now()})
             row = await cursor.fetchone()
-        if row is None:
-            status, body = 404, orjson.dumps({"detail": not_found(customer_id).detail})
-        else:
-            status, body = 200, orjson.dumps(view_of(row))
-        await send_json(send, status, body)
+        if row is None:  # an identifier of a customer, a merged id (308), or unknown: the route says
+            await self.app(scope, receive, send)
+            return
+        await send_json(send, 200, orjson.dumps(view_of(row)))
 
 
 async def send_json(send: Send, status: int, body: bytes) -> None:

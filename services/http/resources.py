@@ -34,6 +34,7 @@ class Resources:
         # For the hot path of GET /customers/{id} (services/http/lookup.py), opened by `open_async`.
         self.async_pool: AsyncConnectionPool | None = None
         self._producer: Any = None
+        self._store: InteractionLog | None = None
         self._point_in_time: PointInTimeViews | None = None
         self._kafka_checked: tuple[float, str] = (0.0, "")
         self._lock = threading.Lock()
@@ -49,13 +50,21 @@ class Resources:
             return self._producer
 
     @property
-    def point_in_time(self) -> PointInTimeViews:
-        """One customer's views at a point in time, from the event store (contract §5). Opened on
-        first use: an API process that is never asked keeps no connections to it. Its tables exist
+    def store(self) -> InteractionLog:
+        """The event store, for point-in-time views and identity corrections. Opened on first use: an
+        API process that is never asked keeps no connections to it. Its tables exist
         (`ensure_schema`), so nothing is created here, in a request."""
         with self._lock:
+            if self._store is None:
+                self._store = InteractionLog(env={**store_env(self.settings.database), "CREATE_TABLE": "n"})
+            return self._store
+
+    @property
+    def point_in_time(self) -> PointInTimeViews:
+        """One customer's views at a point in time, from the event store (contract §5)."""
+        store = self.store
+        with self._lock:
             if self._point_in_time is None:
-                store = InteractionLog(env={**store_env(self.settings.database), "CREATE_TABLE": "n"})
                 self._point_in_time = PointInTimeViews(store, ModelSettings(thresholds=self.settings.thresholds))
             return self._point_in_time
 
@@ -120,8 +129,8 @@ class Resources:
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=5)
-        if self._point_in_time is not None:
-            self._point_in_time.store.close()
+        if self._store is not None:
+            self._store.close()
         self.pool.close()
 
 

@@ -101,6 +101,12 @@ def expected_view(customer_id: str, events: list[dict[str, Any]]) -> dict[str, A
             "average_nps_score": round(sum(e["data"]["score"] for e in nps) / len(nps), 2) if nps else None,
             "last_csat_score": latest(csat)["data"]["score"] if csat else None,
         },
+        # Identifiers in normal form: emails trimmed and lower-cased; these phones are E.164 already.
+        "identity": {"identifiers": [f"id:{customer_id}",
+                                     *sorted({f"email:{e['customer']['email'].strip().lower()}" for e in events
+                                             if e["customer"].get("email")}),
+                                     *sorted({f"phone:{e['customer']['phone']}" for e in events if e["customer"].get("phone")})],
+                     "refused_links": []},
     }
 
 
@@ -119,9 +125,9 @@ def scenario(now: datetime) -> dict[str, tuple[list[dict[str, Any]], dict[str, A
     nps_at = now - timedelta(days=10)
     out[a] = ([
         envelope(a, "call", ago(60), {"direction": "inbound", "duration_seconds": 300}, name="Ana Old",
-                 phone="+94771234567"),
+                 phone=f"+9477{int(a[-6:], 16) % 10**7:07d}"),  # each run's own: shared ones link customers
         envelope(a, "call", ago(50), {"direction": "inbound", "duration_seconds": 30, "outcome": "resolved"}),
-        envelope(a, "email", ago(40), {"direction": "inbound", "subject": "order?"}, email="ana@example.com"),
+        envelope(a, "email", ago(40), {"direction": "inbound", "subject": "order?"}, email=f"Ana.{a}@Example.com"),
         envelope(a, "email", ago(39), {"direction": "outbound"}, name="Ana Perera"),
         purchase(a, 30, "100.00", skus=("sku-9",)),
         purchase(a, 20, "50.50", skus=("sku-1",)),

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from domain.identity import Identifier, generated_id
+from domain.identity import Identifier, Separation, generated_id
 from services.bootstrap import READ_MODELS, interaction_log, read_models
 from services.settings import Settings
 from services.topics import delete_topics, ensure_topics
@@ -106,3 +106,44 @@ def test_a_person_linked_late_has_the_rows_of_one_known_from_the_start(settings:
     for table, table_rows in expected.items():
         assert rows[table] == table_rows, table
     assert generated_id(Identifier("phone", "+94771234567")) not in str(rows)
+
+
+def test_an_unmerge_gives_every_read_model_the_rows_of_a_separation_made_before_any_event(settings: Settings) -> None:
+    from services import identities
+    from services.bootstrap import projector
+
+    phone = "phone:+94771234567"
+    with world(settings, "apart") as apart:
+        interaction_log(apart).close()  # the event store's tables
+        separation = Separation.of(Identifier.parse(phone), Identifier("id", ACCOUNT))
+        with psycopg.connect(apart.database_url) as conn:
+            conn.execute("INSERT INTO rapport_identity_separations (a, b, reason) VALUES (%s, %s, 'from the start')",
+                         (str(separation.a), str(separation.b)))
+        ingest_in_batches(apart, journey(account_everywhere=False), [list(range(6))])
+        expected = read_model_rows(apart)
+    assert {r["customer_id"] for r in expected["customer_360"]} == {ACCOUNT, generated_id(Identifier.parse(phone))}
+
+    with world(settings, "unmerged") as linked:
+        ingest_in_batches(linked, journey(account_everywhere=False), [[i] for i in range(6)])
+        before = read_model_rows(linked)
+        store = interaction_log(linked)
+        try:
+            done = identities.unmerge(store, ACCOUNT, phone, "US", reason="ticket 42")
+            assert [(m[1], m[2]) for m in done.moves] == [(ACCOUNT, generated_id(Identifier.parse(phone)))]
+            projector(linked, store).catch_up()
+            assert read_model_rows(linked) == expected
+            # A later event linking them again is refused, and the rows stay apart.
+            deliver(linked, store, [{"event_id": "shop:2", "type": "purchase", "occurred_at": "2026-05-01T10:00:00Z",
+                                     "customer": {"id": ACCOUNT, "phone": "+94771234567"},
+                                     "data": {"order_id": "o-2", "amount": "1.00", "currency": "USD"}}])
+            with psycopg.connect(linked.database_url) as conn:
+                assert conn.execute("SELECT customer_id FROM rapport_identifiers WHERE identifier = %s",
+                                    (phone,)).fetchone()[0] != ACCOUNT
+            identities.allow(store, ACCOUNT, phone, "US")
+            projector(linked, store).catch_up()
+            after = read_model_rows(linked)
+        finally:
+            store.close()
+    # Allowed again: one customer, as before the unmerge, with the new purchase too.
+    assert {r["customer_id"] for r in after["customer_360"]} == {ACCOUNT}
+    assert after["customer_360"][0]["purchase_count"] == before["customer_360"][0]["purchase_count"] + 1
