@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
 
 from domain.contract import MAX_MESSAGE_BYTES, InvalidEvent, decode_json, validate_envelope
+from domain.identity import DEFAULT_REGION, UnreadableIdentifier, identifiers_of
 from services.http.resources import Resources
 
 MAX_EVENTS_PER_REQUEST = 1000
@@ -23,13 +24,13 @@ router = APIRouter(tags=["events in"])
 @router.post("/events", status_code=202, summary="Publish one event or an array of up to 1,000 (contract §2)")
 async def post_events(request: Request) -> JSONResponse:
     body = await request.body()
-    items, errors = split_events_body(body)
+    res: Resources = request.app.state.resources
+    items, errors = split_events_body(body, res.settings.default_phone_region)
     if errors:
         return JSONResponse(status_code=422, content={
             "detail": f"{len(errors)} of {max(len(items) + len(errors), 1)} events rejected; nothing was published",
             "errors": errors,
         })
-    res: Resources = request.app.state.resources
     try:
         accepted = await run_in_threadpool(publish, res, items)
     except KafkaError as error:
@@ -41,9 +42,10 @@ async def post_events(request: Request) -> JSONResponse:
     return JSONResponse(status_code=202, content={"accepted": accepted})
 
 
-def split_events_body(body: bytes) -> tuple[list[tuple[bytes, Any]], list[dict[str, Any]]]:
+def split_events_body(body: bytes, region: str = DEFAULT_REGION) -> tuple[list[tuple[bytes, Any]], list[dict[str, Any]]]:
     """Split a request body (one envelope or an array) into items with their exact original bytes,
-    validating each; returns the valid items and the per-item errors."""
+    validating each (its email and phone too, as ingest reads them: `region` for phones without a
+    country code); returns the valid items and the per-item errors."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -93,8 +95,12 @@ def split_events_body(body: bytes) -> tuple[list[tuple[bytes, Any]], list[dict[s
             if len(encoded) > MAX_MESSAGE_BYTES:
                 raise InvalidEvent(f"event is {len(encoded)} bytes; the limit is {MAX_MESSAGE_BYTES} (1 MiB)")
             envelope = validate_envelope(obj)
+            identifiers_of(envelope.customer.__dict__, region)
         except InvalidEvent as invalid:
             errors.append({"index": index, "event_id": event_id, "reason": invalid.reason})
+            continue
+        except UnreadableIdentifier as unreadable:
+            errors.append({"index": index, "event_id": event_id, "reason": unreadable.reason})
             continue
         except Exception as error:  # a bug of ours: reject the event, as ingest dead-letters it, not a 500
             log.exception("POST /events: validating item %d failed unexpectedly", index)

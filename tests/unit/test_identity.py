@@ -205,3 +205,20 @@ def test_a_separation_moves_the_identifier_out_and_a_lifted_one_back() -> None:
     back = decide({**owners, **split.owners}, links, links, apart, [])
     assert [(m.source, m.target) for m in back.moves] == [(generated_id(EMAIL), "crm-1")]
     assert back.merged == {generated_id(EMAIL): "crm-1"}
+
+
+def test_post_events_rejects_an_unreadable_phone_or_email_naming_the_field() -> None:
+    import json
+
+    from services.http.events import split_events_body
+
+    def call(event_id: str, **customer: str) -> dict[str, object]:
+        return {"event_id": event_id, "type": "call", "occurred_at": "2026-03-01T10:00:00Z", "customer": customer,
+                "data": {"direction": "inbound", "duration_seconds": 1}}
+
+    body = json.dumps([call("ok", id="crm-1", phone="077 123 4567"), call("p", phone="call me"),
+                       call("e", email="ana(at)example.com")]).encode()
+    items, errors = split_events_body(body, "LK")
+    assert [envelope.event_id for _, envelope in items] == ["ok"]
+    assert [(e["index"], e["event_id"]) for e in errors] == [(1, "p"), (2, "e")]
+    assert "customer.phone 'call me'" in errors[0]["reason"] and "customer.email" in errors[1]["reason"]
