@@ -24,6 +24,7 @@ from services.projections_cli import print_report, rebuild
 from services.settings import Settings
 from services.topics import ensure_topics
 from tools.demo_data import generate_demo_data
+from tools.identity_story import HOUSEHOLD, PERSON, identity_story
 
 
 def _say(message: str) -> None:
@@ -88,7 +89,7 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
         for m in data.messages:
             kinds[m.kind] = kinds.get(m.kind, 0) + 1
         _say(f"generated {len(data.messages)} messages: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
-        publish(settings, data.messages)
+        publish(settings, data.messages + identity_story(utc_now()))
 
     stale = projector(settings, store).stale
     for name in stale:  # tables of an older Rapport: roll the new version out as an operator would
@@ -145,6 +146,25 @@ def _print_audit(base: str, sample: str, customer: str) -> None:
          "(the read models as known at that moment, beside the live ones)")
 
 
+def _print_identity(base: str) -> None:
+    """The identity lines: one person found by any of its identifiers, a household kept apart, an unmerge."""
+    phone = urllib.parse.quote(PERSON["phone"].replace(" ", ""))
+    try:
+        person = _get_json(f"{base}/customers/lookup?phone={phone}")
+        household = _get_json(f"{base}/customers/{HOUSEHOLD[1]}")
+    except urllib.error.HTTPError:
+        return  # the story was not published (an event store the demo did not fill)
+    counts = person["interaction_counts"]
+    _say(f"  one person:   curl '{base}/customers/lookup?phone={phone}'   ({person['customer_id']}: a call and a survey "
+         f"by phone, an email, a purchase by account: {sum(counts.values())} interactions, identifiers "
+         f"{', '.join(person['identity']['identifiers'])})")
+    refused = household["identity"]["refused_links"]
+    _say(f"  household:    curl {base}/customers/{HOUSEHOLD[1]}   ("
+         + (f"{refused[0]['identifier']} stays {refused[0]['owner']}'s: {refused[0]['reason']})" if refused else "—)"))
+    _say(f"  undo a merge: .venv/bin/rapport customers unmerge {person['customer_id']} --identifier "
+         f"phone:{PERSON['phone'].replace(' ', '')}   (and `allow` to link them again; POST /customers/{{id}}/unmerge)")
+
+
 def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str) -> None:
     view = _get_json(f"{base}/customers/{urllib.parse.quote(sample)}")
     stages = _get_json(f"{base}/lifecycle/stages")["stages"]
@@ -174,6 +194,7 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
          "customers whose latest answer is an alarm, last 30 days)")
     _say(f"  revenue:      curl {base}/satisfaction/revenue-by-category")
     _print_audit(base, sample, customer)
+    _print_identity(base)
     _say(f"  the API:      {base}/docs  (OpenAPI; JSON at {base}/openapi.json)")
     _say(f"  progress:     curl {base}/projections   metrics: curl {base}/metrics   health: curl {base}/health")
     _say(f"  SQL:          psql {settings.database_url} -c 'select * from analytics.satisfaction_daily limit 5'")

@@ -79,16 +79,17 @@ def _correct(store: InteractionLog, customer_id: str, wanted: Identifier, action
         if action == "unmerge":
             if wanted not in members:
                 owner = state.owners.get(wanted)
-                raise IdentityRequestError(f"{wanted} is not {customer_id!r}'s" + (f" but {owner!r}'s" if owner else
-                                                                                    " (no customer has it)"))
+                raise IdentityRequestError(f"{wanted} is not an identifier of customer {customer_id}" + (
+                    f"; it is customer {owner}'s" if owner else "; no customer has it"))
             if wanted == anchor:
                 raise IdentityRequestError(
-                    f"{wanted} is what {customer_id!r} is: its {'account id' if wanted.kind == 'id' else 'first identifier'}"
+                    f"{wanted} is what customer {customer_id} is: its "
+                    f"{'account id' if wanted.kind == 'id' else 'first identifier'}"
                     "; unmerge the other identifiers from it instead")
             separations_after = [*state.separations, separation]
         else:
             if separation not in state.separations:
-                raise IdentityRequestError(f"{wanted} and {customer_id!r} are not separated (nothing to allow)")
+                raise IdentityRequestError(f"{wanted} and customer {customer_id} are not separated (nothing to allow)")
             separations_after = [s for s in state.separations if s != separation]
         plan = plan_from(state, [], separations_after)
         if action == "unmerge":
