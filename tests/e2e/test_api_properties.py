@@ -145,14 +145,16 @@ def seed_events(now: datetime) -> dict[str, list[dict[str, Any]]]:
                                                                                 "unit_price": amount}]}, **customer)
 
     advocate, slashed, detractor = f"crm-prop-{tag}", f"crm/prop-{tag}/ü", f"crm-prop-alarm-{tag}"
+    # Each identifier belongs to one of them: a shared one would link them into one customer (issue 14).
     email, phone = f"prop-{tag}@example.com", f"+9477{int(tag[:6], 16) % 10_000_000:07d}"
+    own_email, own_phone = f"prop-ana-{tag}@example.com", f"+9478{int(tag[:6], 16) % 10_000_000:07d}"
     first_call = envelope(advocate, "call", ago(50), {"direction": "inbound", "duration_seconds": 300},
-                          name="Ana Prop", phone="+94770000001")
+                          name="Ana Prop", phone=own_phone)
     complaint = envelope(detractor, "email", ago(12), {"direction": "inbound", "subject": "broken"})
     return {
         advocate: [
             first_call,
-            envelope(advocate, "email", ago(45), {"direction": "inbound", "subject": "order?"}, email=email),
+            envelope(advocate, "email", ago(45), {"direction": "inbound", "subject": "order?"}, email=own_email),
             envelope(advocate, "email", ago(44), {"direction": "outbound"}),
             purchase(advocate, 40, "100.00", "sku-9"),
             purchase(advocate, 20, "50.50", "sku-1"),
@@ -172,7 +174,7 @@ def seed_events(now: datetime) -> dict[str, list[dict[str, Any]]]:
             envelope(detractor, "survey_response", ago(11), {"kind": "nps", "score": 3,
                                                              "about_event_id": complaint["event_id"]}),
         ],
-        # Keyed by email and by phone only: their ids are the email and the phone (README).
+        # Known by an email and by a phone only: found by them (their ids are generated: README).
         email: [{**envelope("", "email", ago(8), {"direction": "inbound"}), "customer": {"email": email}}],
         phone: [{**envelope("", "survey_response", ago(7), {"kind": "csat", "score": 1}),
                  "customer": {"phone": phone}}],

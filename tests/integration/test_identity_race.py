@@ -189,6 +189,8 @@ def stored_positions(world: Settings) -> dict[int, int]:
                                 "WHERE application_name = ANY(%s)", (list(names),)).fetchall()
     except psycopg.errors.UndefinedTable:
         return {}  # ingest has not made the schema yet
+    except psycopg.OperationalError:
+        return {}  # PostgreSQL restarting (the stack is shared): ingest waits for it too
     return {names[name]: offset for name, offset in rows}
 
 

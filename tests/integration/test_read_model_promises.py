@@ -191,16 +191,22 @@ class ReadModelPromises:
 
         calls = 0
         [model] = runners[1].models
-        original = model.apply
+        original = model.batch
 
-        def crash_on_third_page(curs: Any, page: Any) -> None:
-            nonlocal calls
-            calls += 1
-            original(curs, page)  # the rows are written, then the process dies before the commit
-            if calls == 3:
-                raise KeyboardInterrupt("simulated crash")
+        def crash_on_third_page(curs: Any) -> Any:  # the projector applies each page through a batch
+            batch = original(curs)
 
-        model.apply = crash_on_third_page  # type: ignore[method-assign]
+            def add(page: Any) -> None:
+                nonlocal calls
+                calls += 1
+                batch.add(page)
+                if calls == 3:
+                    batch.finish()  # the rows are written, then the process dies before the commit
+                    raise KeyboardInterrupt("simulated crash")
+
+            return FunctionBatch(add, batch.finish)
+
+        model.batch = crash_on_third_page  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             runners[1].catch_up()
         assert calls == 3
