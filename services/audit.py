@@ -60,6 +60,11 @@ def decoded(row: audit.StoredRow) -> Any:
         return error
 
 
+IDENTITY_TYPES = {Customer.IdentifiersJoined: "identifiers_joined", Customer.IdentifiersLeft: "identifiers_left",
+                  Customer.LinkRefused: "link_refused"}
+_NOT_DATA = {"originator_id", "originator_version", "timestamp", "cause_event_id", "cause_occurred_at"}
+
+
 def event_item(row: audit.StoredRow, event: Any, previous_hash: bytes | None) -> dict[str, Any]:
     """One stored event as an auditor reads it: position, what it says, when it was recorded,
     its hash and the hash it chains to (64 zeros before the first)."""
@@ -73,6 +78,10 @@ def event_item(row: audit.StoredRow, event: Any, previous_hash: bytes | None) ->
         if isinstance(event, Customer.Interaction):
             item.update(event_id=event.event_id, type=TYPE_BY_EVENT_CLASS[type(event)],
                         occurred_at=rfc3339(event.occurred_at), data=json.loads(json.dumps(event.data, default=str)))
+        elif isinstance(event, Customer.IdentityChange):  # who is who (issue 14), with what caused it
+            item.update(type=IDENTITY_TYPES[type(event)], event_id=event.cause_event_id,
+                        occurred_at=rfc3339(event.cause_occurred_at),
+                        data={k: v for k, v in vars(event).items() if k not in _NOT_DATA})
         else:  # the stream's first event registers the customer
             item["type"] = "registered"
     item["hash"] = row.hash.hex() if row.hash is not None else None

@@ -57,6 +57,15 @@ def test_any_identifier_finds_the_customer_and_a_merged_id_redirects(settings: S
     assert anonymous in moved.json()["detail"] and account in moved.json()["detail"]
     assert client.get(f"/customers/{anonymous}").json()["customer_id"] == account  # followed
 
+    # The audit view of each stream shows the merge, with the event that caused it.
+    joined = [i for i in client.get(f"/audit/customers/{account}/events").json()["items"]
+              if i["type"] == "identifiers_joined"]
+    assert [(i["event_id"], i["occurred_at"], i["data"]["source"], i["data"]["identifiers"]) for i in joined] == [
+        (f"{tag}:p1", "2026-02-01T10:00:00Z", anonymous, [f"phone:{phone}"])]
+    left = client.get(f"/audit/customers/{anonymous}/events").json()["items"][-1]
+    assert (left["type"], left["data"]["target"], left["data"]["merged"]) == ("identifiers_left", account, True)
+    assert client.get("/audit/verify").json()["ok"]
+
     # What was true before the merge: two customers, each with its own history.
     before = client.get(f"/customers/{account}", params={"as_of": "2026-01-15T00:00:00Z"})
     assert before.status_code == 404, before.text  # the account showed up on Feb 1st
