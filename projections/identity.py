@@ -30,6 +30,7 @@ from eventstore import tables
 
 IDENTITY_CHANGES = (Customer.IdentifiersJoined, Customer.IdentifiersLeft)
 EVENT_STORE_SCHEMA = "public"
+OWNERS_KEPT = 200_000  # streams whose owner a read model remembers
 
 
 class Owners:
@@ -50,6 +51,8 @@ class Owners:
         missing = {e.originator_id for e in events
                    if isinstance(e, Customer.Interaction) and not e.customer.get("id") and e.originator_id not in self._by_stream}
         if missing:
+            if len(self._by_stream) > OWNERS_KEPT:  # looked up again when needed
+                self._by_stream.clear()
             with curs.connection.cursor(row_factory=tuple_row) as c:
                 c.execute(SQL("SELECT stream, customer_id FROM {} WHERE stream = ANY(%s)").format(self._identifiers),
                           (list(missing),))
