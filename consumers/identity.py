@@ -92,28 +92,27 @@ class IdentityResolver:
 
     def plan(self, batch: Sequence[tuple[Sequence[Identifier], datetime, str]]) -> IdentityPlan:
         """The identity writes of a batch of events, each given as (identifiers, occurred_at, event_id)."""
-        earliest: dict[Pair, Link] = {}
+        known = self._known
+        earliest: dict[Pair, tuple[datetime, str]] = {}  # links not known to be stored by then
         for identifiers, occurred_at, event_id in batch:
-            anchor = identifiers[0]
+            anchor, moment = identifiers[0], (occurred_at, event_id)
             for other in (None, *identifiers[1:]):
                 key = (anchor, other)
-                known = earliest.get(key)
-                if known is None or (occurred_at, event_id) < known.moment:
-                    earliest[key] = Link(occurred_at, event_id, anchor, other)
-        new = self._not_known(earliest)
-        if not new:
+                stored = known.get(key)
+                if stored is not None and stored <= moment:
+                    continue  # nearly every event: its links are stored, as early or earlier
+                first = earliest.get(key)
+                if first is None or moment < first:
+                    earliest[key] = moment
+        if not earliest:
             return IdentityPlan()
         with self.connection() as conn:
-            self._known.update(self.tables.known_links(conn, [k for k in new if k not in self._known]))
-            new = {k: link for k, link in new.items() if k not in self._known or link.moment < self._known[k]}
+            known.update(self.tables.known_links(conn, [k for k in earliest if k not in known]))
+            new = [Link(*moment, *key) for key, moment in earliest.items() if key not in known or moment < known[key]]
             if not new:
                 return IdentityPlan()
-            state = self.tables.closure(conn, {x for link in new.values() for x in (link.anchor, link.other) if x})
-        return plan_from(state, list(new.values()))
-
-    def _not_known(self, links: dict[Pair, Link]) -> dict[Pair, Link]:
-        known = self._known
-        return {k: link for k, link in links.items() if k not in known or link.moment < known[k]}
+            state = self.tables.closure(conn, {x for link in new for x in (link.anchor, link.other) if x})
+        return plan_from(state, new)
 
     def stored(self, plan: IdentityPlan) -> None:
         """The plan's batch was stored: its links are known now."""

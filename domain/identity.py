@@ -26,11 +26,12 @@ earliest identifier is earlier in event time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from uuid import UUID, uuid5
 
 import phonenumbers
@@ -41,6 +42,7 @@ KINDS: tuple[Kind, ...] = ("id", "email", "phone")  # the anchor is the first pr
 GENERATED_NAMESPACE = UUID("0b6f6c1e-3f0a-4d55-9a43-6a0f2d8e7c21")
 GENERATED_PREFIX = "rc-"
 DEFAULT_REGION = "US"
+_SPACE = re.compile(r"\s")
 
 
 class UnreadableIdentifier(ValueError):
@@ -51,8 +53,9 @@ class UnreadableIdentifier(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Identifier:
+class Identifier(NamedTuple):
+    """`kind` (id, email, phone) and `value` in normal form. A tuple: ingest hashes millions of them."""
+
     kind: str
     value: str
 
@@ -82,7 +85,7 @@ def identifier(kind: str, raw: str, region: str = DEFAULT_REGION) -> Identifier:
 def normal_email(raw: str) -> str:
     email = raw.strip().lower()
     local, at, domain = email.rpartition("@")
-    if not at or not local or not domain or "." not in domain.strip(".") or any(c.isspace() for c in email):
+    if not at or not local or not domain or "." not in domain.strip(".") or _SPACE.search(email):
         raise UnreadableIdentifier(
             f"customer.email {raw!r} cannot be read as an email address: write it as name@domain.tld")
     return email
@@ -111,8 +114,13 @@ def in_kind_order(identifiers: Iterable[Identifier]) -> list[Identifier]:
 
 def identifiers_of(customer: Mapping[str, Any], region: str = DEFAULT_REGION) -> tuple[Identifier, ...]:
     """The event's identifiers, normalised, the anchor first (raises `UnreadableIdentifier`)."""
-    return tuple(identifier(kind, value, region) for kind in KINDS
-                 if isinstance(value := customer.get(kind), str) and value)
+    return _identifiers(customer.get("id"), customer.get("email"), customer.get("phone"), region)
+
+
+@lru_cache(maxsize=65536)  # a customer's events repeat its identifiers: read once
+def _identifiers(account: Any, email: Any, phone: Any, region: str) -> tuple[Identifier, ...]:
+    return tuple(identifier(kind, value, region) for kind, value in (("id", account), ("email", email), ("phone", phone))
+                 if isinstance(value, str) and value)
 
 
 def generated_id(earliest: Identifier) -> str:

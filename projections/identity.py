@@ -25,10 +25,12 @@ from uuid import UUID
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from domain.customer import Customer, customer_id_for
+from domain.customer import TYPE_BY_EVENT_CLASS, Customer, customer_id_for
 from eventstore import tables
 
 IDENTITY_CHANGES = (Customer.IdentifiersJoined, Customer.IdentifiersLeft)
+_CHANGES = frozenset(IDENTITY_CHANGES)
+_INTERACTIONS = frozenset(TYPE_BY_EVENT_CLASS)
 EVENT_STORE_SCHEMA = "public"
 OWNERS_KEPT = 200_000  # streams whose owner a read model remembers
 
@@ -41,15 +43,13 @@ class Owners:
         self._identifiers = SQL("{}.{}").format(Identifier(schema), Identifier(tables.IDENTIFIERS))
 
     def of(self, event: Any) -> str:
-        account = event.customer.get("id")
-        if account:
-            return str(account)
-        return self._by_stream.get(event.originator_id) or event.customer_key
+        return event.customer.get("id") or self._by_stream.get(event.originator_id) or event.customer_key
 
     def load(self, curs: Any, events: Sequence[Any]) -> None:
         """Look up the owners of the streams of these events' id-less interactions not known yet."""
+        known = self._by_stream
         missing = {e.originator_id for e in events
-                   if isinstance(e, Customer.Interaction) and not e.customer.get("id") and e.originator_id not in self._by_stream}
+                   if type(e) in _INTERACTIONS and "id" not in e.customer and e.originator_id not in known}
         if missing:
             if len(self._by_stream) > OWNERS_KEPT:  # looked up again when needed
                 self._by_stream.clear()
@@ -94,7 +94,7 @@ class IdentityBatch:
     def add(self, events: Sequence[Any]) -> None:
         start = 0
         for i, event in enumerate(events):
-            if isinstance(event, IDENTITY_CHANGES):
+            if type(event) in _CHANGES:
                 self._add(events[start:i])
                 self.inner.finish()
                 refold(self.model, self.curs, changed_customers(event), self.position_of(self.curs, event),
