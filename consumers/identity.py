@@ -140,11 +140,14 @@ def plan_from(state: IdentityState, new_links: Sequence[Link], separations_after
     decision = decide(state.owners, links_before, list(merged_links.values()), state.separations,
                       separations_after, new_links)
     now = recorded_at or datetime.now(UTC)
+    # An operator's separation changes the customers of both its sides, whatever moves.
+    separated = {state.owners[x] for s in set(separations_after or ()) ^ set(state.separations) for x in (s.a, s.b)
+                 if x in state.owners} if separations_after is not None else set()
     writes = IdentityWrites(
-        expected=dict(state.versions), changed=set(decision.changed), created=set(decision.created),
+        expected=dict(state.versions), changed=set(decision.changed) | separated, created=set(decision.created),
         merged=dict(decision.merged),
         new_identifiers=[(x, decision.owners[x], customer_id_for(x.value)) for x in decision.new],
-        moved_identifiers=[(x, m.target) for m in decision.moves for x in m.identifiers],
+        moved_identifiers=[(x, m.target, m.source) for m in decision.moves for x in m.identifiers],
         links=[(link, now) for link in new_links],
         refusals=list(decision.refusals),
     )

@@ -505,9 +505,9 @@ class IngestConsumer:
     def _log_totals(self) -> None:
         log.info(
             "stopping: %d messages, %d events stored, %d duplicates ignored, %d dead-lettered, %d batches retried, "
-            "%d database failures",
+            "%d decided again, %d database failures",
             self.stats.messages, self.stats.stored, self.stats.duplicates, self.stats.dead_lettered,
-            self.stats.retried_batches, self.stats.database_failures,
+            self.stats.retried_batches, self.stats.redecided_batches, self.stats.database_failures,
         )
 
 

@@ -318,8 +318,11 @@ def decide(owners_before: Mapping[Identifier, str], links_before: Sequence[Link]
         members = [x for x, old in owners_before.items() if old == source]
         earliest = min(members, key=lambda x: (before.first_seen[x], x))
         merged[source] = after.customer_of[earliest]
+    # Every existing customer whose identifiers move, gain one, or gain a link (made or refused):
+    # a decision made meanwhile from its state, by another process, must then be made again.
+    touched = {owners_before[x] for link in new_links for x in (link.anchor, link.other) if x in owners_before}
     changed = {m.source for m in moves} | {m.target for m in moves if m.target in existing} | {
-        owners[x] for x in new if owners[x] in existing}
+        owners[x] for x in new if owners[x] in existing} | touched
     # A refusal is of a pair: the same pair refused again by a later event is not news.
     old_refusals = {(r.link.anchor, r.link.other) for r in before.refusals}
     refusals = [r for r in after.refusals if (r.link.anchor, r.link.other) not in old_refusals]

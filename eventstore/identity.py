@@ -107,7 +107,7 @@ class IdentityWrites:
     created: set[str] = field(default_factory=set)  # new customers: inserted at version 1
     merged: dict[str, str] = field(default_factory=dict)  # customer → the one it now redirects to
     new_identifiers: list[tuple[Id, str, UUID]] = field(default_factory=list)  # identifier, customer, stream
-    moved_identifiers: list[tuple[Id, str]] = field(default_factory=list)
+    moved_identifiers: list[tuple[Id, str, str]] = field(default_factory=list)  # identifier, to, from
     links: list[tuple[Link, datetime]] = field(default_factory=list)  # with the time it is recorded
     separations_added: list[tuple[Separation, str]] = field(default_factory=list)
     separations_lifted: list[Separation] = field(default_factory=list)
@@ -150,7 +150,13 @@ class IdentityTables:
 
     def closure(self, conn: Any, seeds: Iterable[Id]) -> IdentityState:
         """The stored state of the smallest closed set holding `seeds`: with an identifier come its
-        customer, all that customer's identifiers, and every link touching any of them."""
+        customer, all that customer's identifiers, and every link touching any of them. Read in one
+        snapshot, so that the versions read are those of the state read (a decision checks them)."""
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            return self._closure(conn, seeds)
+
+    def _closure(self, conn: Any, seeds: Iterable[Id]) -> IdentityState:
         state = IdentityState()
         seen: set[Id] = set()
         frontier = set(seeds)
@@ -216,10 +222,16 @@ class IdentityTables:
                              (bumped, [writes.merged.get(c) for c in bumped]))
         if writes.created:
             created = sorted(writes.created)
-            # A customer merged away and made again (an unmerge gives back its id) is updated.
-            curs.execute(SQL("INSERT INTO {} AS c (customer_id, version) SELECT id, 1 FROM unnest(%s::text[]) AS id "
-                             "ON CONFLICT (customer_id) DO UPDATE SET version = c.version + 1, merged_into = NULL, "
-                             "updated_at = now() WHERE c.merged_into IS NOT NULL").format(self.customers), (created,))
+            # A customer merged away and made again (an unmerge gives back its id) is updated; one
+            # that exists and is not merged away was made by another process meanwhile.
+            with curs.connection.cursor(row_factory=tuple_row) as made:
+                made.execute(SQL("INSERT INTO {} AS c (customer_id, version) SELECT id, 1 FROM unnest(%s::text[]) AS id "
+                                 "ON CONFLICT (customer_id) DO UPDATE SET version = c.version + 1, merged_into = NULL, "
+                                 "updated_at = now() WHERE c.merged_into IS NOT NULL RETURNING customer_id"
+                                 ).format(self.customers), (created,))
+                taken = sorted(set(created) - {row[0] for row in made.fetchall()})
+            if taken:
+                raise IdentityConflict(f"customers {', '.join(taken[:5])} were made meanwhile")
         if writes.new_identifiers:
             new = sorted(writes.new_identifiers, key=lambda row: str(row[0]))
             curs.execute(SQL("INSERT INTO {} (identifier, customer_id, stream) "
@@ -227,10 +239,16 @@ class IdentityTables:
                          ([str(x) for x, _, _ in new], [c for _, c, _ in new], [s for _, _, s in new]))
         if writes.moved_identifiers:
             moved_rows = sorted(writes.moved_identifiers, key=lambda row: str(row[0]))
-            curs.execute(SQL("UPDATE {} i SET customer_id = m.customer_id, updated_at = now() "
-                             "FROM unnest(%s::text[], %s::text[]) AS m(identifier, customer_id) "
-                             "WHERE i.identifier = m.identifier").format(self.identifiers),
-                         ([str(x) for x, _ in moved_rows], [c for _, c in moved_rows]))
+            # Each moves from the customer the decision saw it with, or the decision is made again.
+            with curs.connection.cursor(row_factory=tuple_row) as moving:
+                moving.execute(SQL("UPDATE {} i SET customer_id = m.customer_id, updated_at = now() "
+                                   "FROM unnest(%s::text[], %s::text[], %s::text[]) AS m(identifier, customer_id, source) "
+                                   "WHERE i.identifier = m.identifier AND i.customer_id = m.source RETURNING i.identifier"
+                                   ).format(self.identifiers),
+                               ([str(x) for x, _, _ in moved_rows], [c for _, c, _ in moved_rows],
+                                [source for _, _, source in moved_rows]))
+                if len(moving.fetchall()) != len(moved_rows):
+                    raise IdentityConflict("identifiers changed customer meanwhile")
         if writes.links:
             rows = sorted(writes.links, key=lambda row: (str(row[0].anchor), str(row[0].other or "")))
             # The earliest event time wins, whatever order links arrive in; the earliest recording too.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,15 +46,9 @@ def database_url(stack: None) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     db = base.database
     yield f"postgresql://{db['user']}:{db['password']}@{db['host']}:{db['port']}/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        # FORCE ends this session's leftover connections; it is refused while an autovacuum
-        # worker is in the database (the role may not end it), so then try again briefly.
-        for attempt in range(5):
-            try:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                break
-            except psycopg.Error:
-                time.sleep(0.5 * (attempt + 1))
+    from tests.support import drop_database
+
+    drop_database(admin, name)
 
 
 @pytest.fixture

@@ -207,5 +207,20 @@ def own_database(settings: Settings, prefix: str) -> Iterator[Settings]:
         yield settings.model_copy(update={
             "database_url": f"postgresql://{db['user']}:{db['password']}@{db['host']}:{db['port']}/{name}"})
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin, name)
+
+
+def drop_database(admin: str, name: str) -> None:
+    """DROP DATABASE ... WITH (FORCE), tried again briefly: it is refused while an autovacuum
+    worker is in the database (the role may not end it)."""
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for attempt in range(5):
+            try:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except psycopg.Error:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))

@@ -6,8 +6,9 @@ account id, email and phone (written in varying case and spacing), are keyed as 
 and two `rapport ingest` processes of one consumer group decide about the same customers at the
 same time. A few "household" events give a person's account with another person's email. The
 result must equal that of one process reading the same topic, and that of `domain.identity.resolve`
-over every event's links: no identifier owned by two customers, no merge lost, every event stored
-once.
+over every event's links: no identifier owned by two customers, no merge lost, no customer left
+live with nothing, every event stored once, and the identity events on the customers' streams
+telling, move after move, the story the identity tables end with.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,9 +34,9 @@ import pytest
 from consumers.ingest import kafka_producer
 from domain.contract import parse_envelope
 from domain.customer import EVENT_CLASS_BY_TYPE
-from domain.identity import Link, identifiers_of, links_of, resolve
+from domain.identity import Identifier, Link, generated_id, identifiers_of, links_of, resolve
 from eventstore import tables
-from eventstore.store import kafka_position_name
+from eventstore.store import InteractionLog, kafka_position_name
 from services.settings import Settings
 from tests.conftest import settings_env
 from tests.support import end_offsets, own_database, wait_for
@@ -181,6 +183,13 @@ def ingest_processes(world: Settings, count: int, logs: Path) -> Iterator[list[I
                 ingest.process.wait()
 
 
+@contextmanager
+def world_of_its_own(settings: Settings, prefix: str) -> Iterator[Settings]:
+    """`own_database` with a consumer group of its own."""
+    with own_database(settings, prefix) as own:
+        yield own.model_copy(update={"consumer_group": f"{settings.consumer_group}-{prefix}"})
+
+
 def stored_positions(world: Settings) -> dict[int, int]:
     names = {kafka_position_name(world.topic, p): p for p in range(64)}
     try:
@@ -223,6 +232,7 @@ class Outcome:
     owners: dict[str, str]
     distinct_identifiers: int
     customers: dict[str, str | None]  # customer → merged_into
+    versions: dict[str, int]
     interactions: int
     distinct_interactions: int
     interaction_ids: set[str]
@@ -235,13 +245,37 @@ def outcome(world: Settings) -> Outcome:
     with psycopg.connect(world.database_url) as conn:
         owners = dict(conn.execute(f"SELECT identifier, customer_id FROM {tables.IDENTIFIERS}").fetchall())
         (distinct,) = conn.execute(f"SELECT count(DISTINCT identifier) FROM {tables.IDENTIFIERS}").fetchone()
-        customers = dict(conn.execute(f"SELECT customer_id, merged_into FROM {tables.IDENTITY_CUSTOMERS}").fetchall())
+        rows = conn.execute(f"SELECT customer_id, merged_into, version FROM {tables.IDENTITY_CUSTOMERS}").fetchall()
         ids = [row[0] for row in conn.execute(
             f"SELECT convert_from(state, 'UTF8')::jsonb->>'event_id' FROM {tables.EVENTS} WHERE topic LIKE ANY(%s)",
             (classes,)).fetchall()]
         (event_id_rows,) = conn.execute(f"SELECT count(*) FROM {tables.EVENT_IDS}").fetchone()
         (dead,) = conn.execute(f"SELECT count(*) FROM {tables.DEAD_LETTERS}").fetchone()
-    return Outcome(owners, distinct, customers, len(ids), len(set(ids)), set(ids), event_id_rows, dead)
+    return Outcome(owners, distinct, {c: into for c, into, _ in rows}, {c: v for c, _, v in rows}, len(ids),
+                   len(set(ids)), set(ids), event_id_rows, dead)
+
+
+def story_breaks(world: Settings, owners: dict[str, str], limit: int = 10) -> list[str]:
+    """Where the identity events on the customers' streams contradict each other or the table: in
+    the order they were stored, every `IdentifiersLeft` must take identifiers from the customer the
+    one before sent them to (or that first got them), and the last one sends each where it is now."""
+    with psycopg.connect(world.database_url) as conn:
+        rows = conn.execute(
+            "SELECT notification_id, convert_from(state, 'UTF8')::jsonb FROM " + tables.EVENTS + " "
+            "WHERE topic LIKE %s ORDER BY notification_id", ("%:Customer.IdentifiersLeft",)).fetchall()
+    breaks: list[str] = []
+    went: dict[str, tuple[str, int, str]] = {}  # identifier → (customer it went to, notification, cause)
+    for notification, state in rows:
+        source, target = state["customer_id"], state["target"]
+        for x in state["identifiers"]:
+            if x in went and went[x][0] != source:
+                breaks.append(f"{x} left {source} for {target} (notification {notification}, event "
+                              f"{state['cause_event_id']}) but had gone to {went[x][0]} (notification {went[x][1]}, "
+                              f"event {went[x][2]})")
+            went[x] = (target, notification, state["cause_event_id"])
+    breaks += [f"{x} went last to {to} (notification {n}) but is {owners.get(x)}'s"
+               for x, (to, n, _) in went.items() if owners.get(x) != to]
+    return breaks[:limit]
 
 
 def differences(left: dict[str, str], right: dict[str, str], limit: int = 20) -> list[tuple[str, str | None, str | None]]:
@@ -286,14 +320,14 @@ def test_two_racing_ingest_processes_give_the_customers_of_one(settings: Setting
     targets = end_offsets(settings)
     assert sum(targets.values()) == EVENTS and sum(1 for end in targets.values() if end) == 6
 
-    with own_database(settings, "rapport_race_two") as two:
-        two = two.model_copy(update={"consumer_group": f"{settings.consumer_group}-two"})
+    with world_of_its_own(settings, "rapport_race_two") as two:
         two_seconds, two_logs = run_world(two, 2, tmp_path / "two", targets)
         raced = outcome(two)
-    with own_database(settings, "rapport_race_one") as one:
-        one = one.model_copy(update={"consumer_group": f"{settings.consumer_group}-one"})
+        raced_story = story_breaks(two, raced.owners)
+    with world_of_its_own(settings, "rapport_race_one") as one:
         one_seconds, one_logs = run_world(one, 1, tmp_path / "one", targets)
         alone = outcome(one)
+        alone_story = story_breaks(one, alone.owners)
 
     counts = [totals(text) for text in two_logs]
     print(f"\n{EVENTS} events ({households} households) of {PERSONS} persons; {len(expected)} identifiers, "
@@ -306,10 +340,17 @@ def test_two_racing_ingest_processes_give_the_customers_of_one(settings: Setting
         for line in [line for line in text.splitlines() if "batch not stored" in line][:5]:
             print(f"  {line}")
     print(f"single process: {totals(one_logs[0])}")
+    for name, result, story in (("two processes", raced, raced_story), ("one process", alone, alone_story)):
+        empty = sorted({c for c, into in result.customers.items() if into is None} - set(result.owners.values()))
+        print(f"{name}: {len(differences(result.owners, expected, limit=10**6))} identifiers not with the expected "
+              f"customer, {len(empty)} customers not merged away owning nothing {empty[:5]}, "
+              f"{len(story)} breaks in the streams' identity story")
+        for line in story[:5]:
+            print(f"  {line}")
     # Both processes took part (each stored a share of the events).
     assert all(found["events stored"] > 0 for found in counts), counts
     for text in two_logs + one_logs:
-        errors = [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line]
+        errors = [line for line in text.splitlines() if " ERROR rapport" in line or "Traceback" in line]
         assert not errors, "\n".join(errors[:20])
 
     # (d) every interaction stored exactly once, nothing dead-lettered
@@ -325,13 +366,89 @@ def test_two_racing_ingest_processes_give_the_customers_of_one(settings: Setting
     assert raced.owners == alone.owners, differences(raced.owners, alone.owners)
     assert alone.owners == expected, differences(alone.owners, expected)
     assert raced.owners == expected, differences(raced.owners, expected)
-    # (c) the same customers live; each merged away redirects to a customer that owns identifiers
+    # (c) each customer not merged away owns identifiers, and each merged away redirects to one
+    # that does; the same customers live in both
+    generated_from = {generated_id(Identifier.parse(x)): x for x in expected}
     live = {name: {c for c, into in result.customers.items() if into is None}
             for name, result in (("two", raced), ("one", alone))}
-    assert live["two"] == live["one"], sorted(live["two"] ^ live["one"])[:20]
     for name, result in (("two", raced), ("one", alone)):
         owning = set(result.owners.values())
-        assert live[name] == owning, (name, sorted(live[name] ^ owning)[:20])
+        empty = [(c, f"version {result.versions[c]}", f"generated from {generated_from.get(c)}",
+                  f"whose customer is {expected.get(generated_from.get(c, ''))}") for c in sorted(live[name] - owning)]
+        assert not empty, f"{name}: customers not merged away that own no identifier: {empty[:20]}"
+        assert owning <= live[name], (name, sorted(owning - live[name])[:20])
         lost = {c: landing(result.customers, c) for c, into in result.customers.items()
                 if into is not None and landing(result.customers, c) not in owning}
         assert not lost, (name, list(lost.items())[:20])
+    assert live["two"] == live["one"], sorted(live["two"] ^ live["one"])[:20]
+    # (f) the identity events on the streams tell the story of the table, move after move: a
+    # decision made from owners another process had changed meanwhile would break it
+    assert not alone_story, "one process:\n" + "\n".join(alone_story)
+    assert not raced_story, "two processes:\n" + "\n".join(raced_story)
+
+
+class _CommitDuring:
+    """A connection whose first cursor runs `commit` (another process's decision, stored) just before
+    the closure reads the customers' versions: the interleaving two ingest processes can meet."""
+
+    def __init__(self, conn: Any, commit: Any) -> None:
+        self.conn, self.commit = conn, commit
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        outer, cursor = self, self.conn.cursor(*args, **kwargs)
+
+        class Cursor:
+            def __enter__(self) -> Any:
+                cursor.__enter__()
+                return self
+
+            def __exit__(self, *exc: Any) -> Any:
+                return cursor.__exit__(*exc)
+
+            def execute(self, query: Any, params: Any = None) -> Any:
+                if outer.commit is not None and "SELECT customer_id, version" in query.as_string(outer.conn):
+                    commit, outer.commit = outer.commit, None
+                    commit()
+                return cursor.execute(query, params)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cursor, name)
+
+        return Cursor()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_a_decision_read_while_another_is_stored_is_made_again_not_stored_stale(store: InteractionLog) -> None:
+    """A household account B showed A's email first in arrival order. One process stores email →
+    phone (the phone joins B); the other stores A → email, earlier in event time, and reads its
+    closure while the first commits. Its write must fail (decided again), not move the email alone."""
+    from consumers.identity import plan_from
+    from eventstore.identity import IdentityConflict
+
+    tag = uuid.uuid4().hex[:8]
+    a, b = Identifier("id", f"crm-a-{tag}"), Identifier("id", f"crm-b-{tag}")
+    email, phone = Identifier("email", f"a-{tag}@example.com"), Identifier("phone", f"+9477{int(tag[:6], 16) % 10**7:07d}")
+    at = [datetime(2025, month, 1, tzinfo=UTC) for month in range(1, 13)]
+    household = [Link(at[11], f"{tag}:h", b), Link(at[11], f"{tag}:h", b, email)]
+    first = [Link(at[2], f"{tag}:1", email), Link(at[2], f"{tag}:1", email, phone)]
+    second = [Link(at[1], f"{tag}:2", a), Link(at[1], f"{tag}:2", a, email)]
+    tables, datastore = store.interactions.identity, store.interactions.datastore
+
+    def decide_and_store(links: list[Link], during: Any = None) -> None:
+        with datastore.get_connection() as conn:
+            state = tables.closure(_CommitDuring(conn, during) if during else conn,
+                                   {x for link in links for x in (link.anchor, link.other) if x})
+        plan = plan_from(state, links)
+        with datastore.transaction(commit=True) as curs:
+            tables.write(curs, plan.writes)
+
+    decide_and_store(household)
+    with pytest.raises(IdentityConflict):
+        decide_and_store(second, during=lambda: decide_and_store(first))
+    decide_and_store(second)  # decided again, on what is stored now
+    with datastore.get_connection() as conn:
+        stored = tables.customer_of(conn, [a, b, email, phone])
+    assert stored == resolve(household + first + second).customer_of == {
+        a: a.value, b: b.value, email: a.value, phone: a.value}
