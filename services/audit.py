@@ -122,7 +122,8 @@ def export(conn: Any, store: Any, settings: Any, customer_id: str, point: PointI
         items.append({**event_item(row, event, previous), "included": admitted})
         previous = row.hash
     views = PointInTimeViews(store, ModelSettings(thresholds=settings.thresholds))
-    view = view_from_events(views, included, point) if included else None
+    # Who the customer was then (its identifiers, refused links), as the API's view says.
+    view = view_from_events(views, included, point, views.identity_at(conn, customer_id, point)) if included else None
     return Evidence(customer_id, point, items, not audit.diagnose(conn, stream), view)
 
 

@@ -198,9 +198,13 @@ def view_at(res: Res, customer_id: str, point: PointInTime) -> dict[str, Any]:
     return view_of(view_row(views.customer_360_rows(fold), fold.interval_at(point.at), fold.identity))
 
 
-def view_from_events(views: PointInTimeViews, events: Sequence[Customer.Interaction], point: PointInTime) -> dict[str, Any]:
-    """The contract §3 JSON of one customer from the events `point` admits (at least one), evaluated at `point.at`."""
-    return view_of_fold(views.fold_of(events), point)
+def view_from_events(views: PointInTimeViews, events: Sequence[Customer.Interaction], point: PointInTime,
+                     identity: IdentityAt | None = None) -> dict[str, Any]:
+    """The contract §3 JSON of one customer from the events `point` admits (at least one), evaluated
+    at `point.at`, with who it was then (`identity`)."""
+    fold = views.fold_of(events)
+    fold.identity = identity
+    return view_of_fold(fold, point)
 
 
 def view_of_fold(fold: CustomerFold, point: PointInTime) -> dict[str, Any]:
