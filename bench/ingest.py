@@ -94,7 +94,7 @@ def _generate_and_publish(servers: list[str], topic: str, customers: int, events
         value_bytes = sum(len(m.value) for m in messages)
         key_bytes = sum(len(m.key or b"") for m in messages)
         errors: list[BaseException] = []
-        producer = kafka_producer(servers)
+        producer = kafka_producer({"bootstrap_servers": servers})  # the local stack's plain listener
         t0 = time.perf_counter()
         with tqdm(total=len(messages), desc="publish", unit="msg", file=sys.stderr) as bar:
             for i, message in enumerate(messages):
@@ -180,7 +180,7 @@ def _progress_thread(desc: str, total: int, done: Callable[[], int]) -> Iterator
 
 def raw_consume(settings: Settings, n: int, max_poll_records: int, timeout: float) -> dict[str, Any]:
     """Phase 1: a bare kafka-python consumer (no group, ingest's fetch settings) reading all N."""
-    consumer = kafka_consumer(settings.kafka_servers, None, max_poll_records)  # type: ignore[arg-type]
+    consumer = kafka_consumer(settings.kafka_client_config, None, max_poll_records)  # type: ignore[arg-type]
     try:
         partitions = None
         deadline = time.monotonic() + 30

@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bare_pipeline(settings: Settings, n: int, max_poll_records: int, timeout: float) -> dict[str, Any]:
     """Phase 1: consume + validate + COPY + offsets, one transaction per poll, one process."""
-    consumer = kafka_consumer(settings.kafka_servers, None, max_poll_records)  # type: ignore[arg-type]
+    consumer = kafka_consumer(settings.kafka_client_config, None, max_poll_records)  # type: ignore[arg-type]
     partitions = sorted(consumer.partitions_for_topic(settings.topic) or [])
     tps = [TopicPartition(settings.topic, p) for p in partitions]
     consumer.assign(tps)
@@ -106,7 +106,7 @@ def bare_pipeline(settings: Settings, n: int, max_poll_records: int, timeout: fl
 
 
 def end_offsets(settings: Settings) -> dict[int, int]:
-    consumer = kafka_consumer(settings.kafka_servers, None, 1)  # type: ignore[arg-type]
+    consumer = kafka_consumer(settings.kafka_client_config, None, 1)  # type: ignore[arg-type]
     try:
         partitions = [TopicPartition(settings.topic, p) for p in consumer.partitions_for_topic(settings.topic) or []]
         return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}

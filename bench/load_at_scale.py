@@ -188,13 +188,13 @@ def copy_read_models(settings: Settings, copies: int) -> dict[str, Any]:
                 if "customer_id" in columns:
                     values = ", ".join("customer_id || '~' || k" if c == "customer_id" else f'"{c}"' for c in columns)
                     cur = conn.execute(
-                        f"INSERT INTO {name} ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in columns)}) "
+                        f"INSERT INTO {name} ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in columns)}) "  # noqa: S608 - names from declarations
                         f"SELECT {values} FROM {name}, generate_series(2, %s) AS k "
                         f"WHERE customer_id NOT LIKE %s AND position('~' in customer_id) = 0",
                         (copies, HEAVY_PREFIX + "%"))
                 else:
                     summed = [c.name for c in table.columns if c.merge is Merge.SUM]
-                    cur = conn.execute(f"UPDATE {name} SET " + ", ".join(f'"{c}" = "{c}" * %s' for c in summed),
+                    cur = conn.execute(f"UPDATE {name} SET " + ", ".join(f'"{c}" = "{c}" * %s' for c in summed),  # noqa: S608 - names from declarations
                                        [copies] * len(summed))
                 rows[table.name] = cur.rowcount
                 say(f"copies: {table.name}: {cur.rowcount} rows in {time.perf_counter() - started:.0f} s")
@@ -221,7 +221,7 @@ def sizes(settings: Settings) -> dict[str, Any]:
 def write_meta(settings: Settings, result: dict[str, Any]) -> None:
     with psycopg.connect(bootstrap.conninfo(settings), autocommit=True) as conn:
         conn.execute(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (id int PRIMARY KEY, data jsonb NOT NULL)")
-        conn.execute(f"INSERT INTO {META_TABLE} VALUES (1, %s) ON CONFLICT (id) DO UPDATE "
+        conn.execute(f"INSERT INTO {META_TABLE} VALUES (1, %s) ON CONFLICT (id) DO UPDATE "  # noqa: S608 - names from constants
                      f"SET data = {META_TABLE}.data || excluded.data",
                      (json.dumps(result),))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -11,8 +13,15 @@ from kafka.errors import TopicAlreadyExistsError
 DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
 
 
-def ensure_topics(servers: list[str], topic: str, dead_letter_topic: str, partitions: int = 6) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="rapport-admin")
+def admin_client(client: dict[str, Any] | list[str]) -> KafkaAdminClient:
+    """An admin client. `client`: `Settings.kafka_client_config` (servers, TLS, SASL), or just a list
+    of servers for a plain broker (the local stack's, in tests and benchmarks)."""
+    config = {"bootstrap_servers": client} if isinstance(client, list) else client
+    return KafkaAdminClient(**config, client_id="rapport-admin")
+
+
+def ensure_topics(client: dict[str, Any] | list[str], topic: str, dead_letter_topic: str, partitions: int = 6) -> None:
+    admin = admin_client(client)
     try:
         existing = set(admin.list_topics())
         wanted = [
@@ -33,8 +42,8 @@ def ensure_topics(servers: list[str], topic: str, dead_letter_topic: str, partit
         admin.close()
 
 
-def delete_topics(servers: list[str], topics: list[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="rapport-admin")
+def delete_topics(client: dict[str, Any] | list[str], topics: list[str]) -> None:
+    admin = admin_client(client)
     try:
         admin.delete_topics(topics)
     finally:

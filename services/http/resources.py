@@ -15,10 +15,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from consumers.ingest import kafka_producer
-from eventstore.store import InteractionLog, store_env
+from eventstore.store import InteractionLog
 from projections.point_in_time import PointInTimeViews
 from projections.readmodel import ModelSettings
-from services.bootstrap import ServiceUnavailable, check_kafka, conninfo, ensure_schema, read_pool, readable_now
+from services.bootstrap import ServiceUnavailable, check_kafka, conninfo, ensure_schema, event_store_env, read_pool, readable_now
 from services.settings import Settings
 
 log = logging.getLogger("rapport.api")
@@ -45,7 +45,7 @@ class Resources:
     def producer(self) -> Any:
         with self._lock:
             if self._producer is None:
-                self._producer = kafka_producer(self.settings.kafka_servers, max_block_ms=5000,
+                self._producer = kafka_producer(self.settings.kafka_client_config, max_block_ms=5000,
                                                 bootstrap_timeout_ms=5000, request_timeout_ms=10000)
             return self._producer
 
@@ -56,7 +56,7 @@ class Resources:
         (`ensure_schema`), so nothing is created here, in a request."""
         with self._lock:
             if self._store is None:
-                self._store = InteractionLog(env={**store_env(self.settings.database), "CREATE_TABLE": "n"})
+                self._store = InteractionLog(env={**event_store_env(self.settings), "CREATE_TABLE": "n"})
             return self._store
 
     @property
