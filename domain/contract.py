@@ -51,6 +51,11 @@ class InvalidEvent(ValueError):
     """A message that breaks the contract; `reason` is written for the producer to act on."""
 
     def __init__(self, reason: str, event_id: str | None = None) -> None:
+        # A reason may quote the message (a key holding NUL, a lone surrogate escape): it travels in a
+        # Kafka header, a PostgreSQL text column and a JSON answer, so it is kept to text they all take.
+        reason = reason.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
         super().__init__(reason)
         self.reason = reason
         self.event_id = event_id
@@ -406,8 +411,10 @@ def _find_nul(obj: object, path: str = "") -> str | None:
     if isinstance(obj, dict):
         for key, value in obj.items():
             where = f"{path}.{key}" if path else str(key)
-            if "\x00" in str(key) or (found := _find_nul(value, where)):
-                return found or where
+            if "\x00" in str(key):
+                return where
+            if found := _find_nul(value, where):
+                return found
     elif isinstance(obj, list):
         for index, value in enumerate(obj):
             if found := _find_nul(value, f"{path}.{index}"):
@@ -542,7 +549,10 @@ def _deepest(obj: object) -> tuple[int, str]:
 
 def parse_envelope(raw: bytes | str) -> Envelope:
     """Bytes of one Kafka message value → `Envelope`, or `InvalidEvent` saying what is wrong."""
-    size = len(raw.encode() if isinstance(raw, str) else raw)
+    try:
+        size = len(raw.encode() if isinstance(raw, str) else raw)
+    except UnicodeEncodeError as exc:  # a str may hold a lone surrogate, which no UTF-8 text can
+        raise InvalidEvent(f"message is not text: an unpaired UTF-16 surrogate at character {exc.start}") from None
     if size > MAX_MESSAGE_BYTES:
         raise InvalidEvent(f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES} (1 MiB)")
     try:

@@ -29,7 +29,7 @@ EVENT_IDS = Identifier(tables.EVENT_IDS)
 # interactions differs from the `event_id` index's count for it (index rows are never deleted),
 # in one slice of stream ids. Position 1 of each stream is its registration, which has no event_id.
 _CHECK_RANGE_SQL = SQL(
-    "WITH rows AS (SELECT originator_id, originator_version, hash, "
+    "WITH rows AS (SELECT originator_id, originator_version, hash, "  # noqa: S608 - constant SQL fragments
     "lag(originator_version) OVER w AS previous_position, "
     + chain.EXPECTED_HASH_SQL.format(previous="lag(hash) OVER w") + " AS expected "
     "FROM {events} WHERE originator_id BETWEEN %(low)s AND %(high)s "

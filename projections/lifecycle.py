@@ -114,7 +114,7 @@ def stage_changes(stage: str, starts_at: datetime, ends_at: datetime | None, sig
 _INTERVAL_COLUMNS = ("customer_id, seq, stage, since, until, reason, event_id, previous_stage, "
                      "event_id IS NULL AS by_time, starts_at, ends_at, during")
 VIEWS = (
-    View("lifecycle_intervals", f"SELECT {_INTERVAL_COLUMNS} FROM {{lifecycle_intervals}}",
+    View("lifecycle_intervals", f"SELECT {_INTERVAL_COLUMNS} FROM {{lifecycle_intervals}}",  # noqa: S608 - view template: names from constants
          "Each customer's lifecycle stages as intervals in event time, past and ahead (contract §4; read model "
          "lifecycle). The stage at time T is the row whose `during` holds T: `WHERE during @> T`.",
          (("seq", "0 for the customer's first stage, then 1, 2, ..."),
@@ -126,7 +126,7 @@ VIEWS = (
           ("starts_at", "the first instant the stage holds (since, or a microsecond after it when by_time)"),
           ("ends_at", "the first instant it no longer holds; null for the last"),
           ("during", "[starts_at, ends_at) as a tstzrange"))),
-    View("lifecycle_now", f"SELECT {_INTERVAL_COLUMNS} FROM {{lifecycle_intervals}} WHERE during @> now()",
+    View("lifecycle_now", f"SELECT {_INTERVAL_COLUMNS} FROM {{lifecycle_intervals}} WHERE during @> now()",  # noqa: S608 - view template: names from constants
          "Each customer's current stage (the interval holding now; read model lifecycle)."),
 )
 
@@ -144,7 +144,7 @@ class Lifecycle(ReadModel):
         self._interval_columns = [c.name for c in INTERVALS.columns if c.name != "during"]
         columns = ", ".join(self._interval_columns)
         self._insert_intervals = (
-            f"WITH d AS (DELETE FROM {INTERVALS.staging(schema)} RETURNING *)\n"
+            f"WITH d AS (DELETE FROM {INTERVALS.staging(schema)} RETURNING *)\n"  # noqa: S608 - names from constants and the checked schema
             f"INSERT INTO {self.t(INTERVALS.name)} ({columns}, during)\n"
             f"SELECT {columns}, tstzrange(starts_at, ends_at, '[)') FROM d ORDER BY customer_id, seq"
         )
@@ -176,7 +176,7 @@ class Lifecycle(ReadModel):
     def _fold(self, curs: Any, new: dict[str, list[LifecycleFact]]) -> None:
         if not new:
             return
-        curs.execute(f"SELECT customer_id, fold FROM {self.t(FOLDS.name)} WHERE customer_id = ANY(%s)", (list(new),))
+        curs.execute(f"SELECT customer_id, fold FROM {self.t(FOLDS.name)} WHERE customer_id = ANY(%s)", (list(new),))  # noqa: S608 - names from constants and the checked schema
         stored = {row["customer_id"]: row["fold"] for row in curs.fetchall()}
         folds: dict[str, LifecycleFold] = {}
         refold: list[str] = []
@@ -189,7 +189,7 @@ class Lifecycle(ReadModel):
             else:
                 refold.append(customer_id)
         if refold:  # a late fact: fold all of these customers' facts again, from the first
-            curs.execute(f"SELECT customer_id, occurred_at, event_id, type, survey_kind, score FROM {self.t(FACTS.name)} "
+            curs.execute(f"SELECT customer_id, occurred_at, event_id, type, survey_kind, score FROM {self.t(FACTS.name)} "  # noqa: S608 - names from constants and the checked schema
                          "WHERE customer_id = ANY(%s)", (refold,))
             every: dict[str, list[LifecycleFact]] = {c: [] for c in refold}
             for row in curs.fetchall():
@@ -205,7 +205,7 @@ class Lifecycle(ReadModel):
         its latest fact, or all after a refold), and store its fold."""
         customers = sorted(folds)
         curs.execute(
-            f"DELETE FROM {self.t(INTERVALS.name)} AS t USING unnest(%b::text[], %b::int[]) AS d(customer_id, seq) "
+            f"DELETE FROM {self.t(INTERVALS.name)} AS t USING unnest(%b::text[], %b::int[]) AS d(customer_id, seq) "  # noqa: S608 - names from constants and the checked schema
             "WHERE t.customer_id = d.customer_id AND t.seq >= d.seq RETURNING t.stage, t.starts_at, t.ends_at",
             (customers, [folds[c].first_seq for c in customers]),
         )
@@ -219,12 +219,12 @@ class Lifecycle(ReadModel):
         self._change_stage_days(curs, changes)
 
     def forget_customers(self, curs: Any, customers: Sequence[str]) -> None:
-        curs.execute(f"DELETE FROM {self.t(INTERVALS.name)} WHERE customer_id = ANY(%s) "
+        curs.execute(f"DELETE FROM {self.t(INTERVALS.name)} WHERE customer_id = ANY(%s) "  # noqa: S608 - names from constants and the checked schema
                      "RETURNING stage, starts_at, ends_at", (list(customers),))
         self._change_stage_days(curs, [c for r in curs.fetchall()
                                        for c in stage_changes(r["stage"], r["starts_at"], r["ends_at"], -1)])
         for table in (FACTS, FOLDS):
-            curs.execute(f"DELETE FROM {self.t(table.name)} WHERE customer_id = ANY(%s)", (list(customers),))
+            curs.execute(f"DELETE FROM {self.t(table.name)} WHERE customer_id = ANY(%s)", (list(customers),))  # noqa: S608 - names from constants and the checked schema
 
     def _change_stage_days(self, curs: Any, changes: list[tuple[Any, ...]]) -> None:
         if not changes:
@@ -234,6 +234,6 @@ class Lifecycle(ReadModel):
         self._stage_days.upsert(curs, self.schema, self._upsert_stage_days, merged)
         days = MergeTable.in_key_order(merged)
         # A day whose starts and ends cancel out holds no row (the same rows whatever the order).
-        curs.execute(f"DELETE FROM {self.t(STAGE_DAYS.name)} WHERE change = 0 AND (day, stage) IN "
+        curs.execute(f"DELETE FROM {self.t(STAGE_DAYS.name)} WHERE change = 0 AND (day, stage) IN "  # noqa: S608 - names from constants and the checked schema
                      "(SELECT * FROM unnest(%b::date[], %b::text[]))",
                      ([d[0] for d in days], [d[1] for d in days]))

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from projections.readmodel import ANALYTICS_SCHEMA, LIVE_SCHEMA, ReadModel, Table, qualified
+from projections.readmodel import ANALYTICS_SCHEMA, LIVE_SCHEMA, SCHEMA_NAME, ReadModel, Table, qualified
 from projections.runner import PARKED_TABLE, TRACKING_TABLE, Projector, positions, record_version, stored_versions
 
 log = logging.getLogger("rapport.rebuild")
@@ -62,7 +61,7 @@ class RebuildReport:
 
 def side_schema_problem(schema: str) -> str | None:
     """Why `schema` cannot take a replayed or rebuilt copy, or None."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+    if not SCHEMA_NAME.fullmatch(schema):
         return "is not a plain schema name (lower-case letters, digits and _, not starting with a digit)"
     if schema in (LIVE_SCHEMA, ANALYTICS_SCHEMA, REBUILD_SCHEMA) or schema.startswith("pg_"):
         return f"is taken: not {LIVE_SCHEMA}, {ANALYTICS_SCHEMA}, {REBUILD_SCHEMA} or pg_*; choose a name of its own"
@@ -78,8 +77,8 @@ def build_copy(projector: Projector, progress: Callable[[int, int], None] | None
         projector.lock(curs)
         for table in model.tables:
             curs.execute(f"DROP TABLE IF EXISTS {qualified(model.schema, table.name)}")
-        curs.execute(f"DELETE FROM {TRACKING_TABLE} WHERE application_name = %s", (name,))
-        curs.execute(f"DELETE FROM {PARKED_TABLE} WHERE read_model = %s", (name,))
+        curs.execute(f"DELETE FROM {TRACKING_TABLE} WHERE application_name = %s", (name,))  # noqa: S608 - names from constants
+        curs.execute(f"DELETE FROM {PARKED_TABLE} WHERE read_model = %s", (name,))  # noqa: S608 - names from constants
     projector.create_tables()
     projector.catch_up(progress)
 
@@ -122,10 +121,11 @@ def compare(curs: Any, table: Table, live: ReadModel, new: ReadModel) -> TableCo
     differs = " OR ".join(f'o."{c}" IS DISTINCT FROM n."{c}"' for c in common if c not in key) or "false"
     key_text = " || ' ' || ".join(f'COALESCE(o."{c}", n."{c}")::text' for c in key)
     curs.execute(
-        f"SELECT CASE WHEN o.\"{key[0]}\" IS NULL THEN 'added' WHEN n.\"{key[0]}\" IS NULL THEN 'removed' "
-        f"ELSE 'changed' END AS kind, count(*) AS n, (array_agg({key_text}))[1:{EXAMPLES}] AS examples "
+        f"SELECT CASE WHEN o.\"{key[0]}\" IS NULL THEN 'added' WHEN n.\"{key[0]}\" IS NULL THEN 'removed' "  # noqa: S608 - names from declarations
+        f"ELSE 'changed' END AS kind, count(*) AS n, (array_agg({key_text}))[1:%s] AS examples "
         f"FROM {old} o FULL JOIN {fresh} n ON {on} "
-        f"WHERE o.\"{key[0]}\" IS NULL OR n.\"{key[0]}\" IS NULL OR ({differs}) GROUP BY 1"
+        f"WHERE o.\"{key[0]}\" IS NULL OR n.\"{key[0]}\" IS NULL OR ({differs}) GROUP BY 1",
+        (EXAMPLES,),
     )
     for row in curs.fetchall():
         setattr(result, row["kind"], row["n"])
@@ -166,12 +166,12 @@ def _swap(curs: Any, live: ReadModel, new: ReadModel, live_name: str, new_name: 
     for view in new.views:
         for statement in view.create_statements():
             curs.execute(statement)
-    curs.execute(f"DELETE FROM {TRACKING_TABLE} WHERE application_name IN (%s, %s)", (live_name, new_name))
-    curs.execute(f"INSERT INTO {TRACKING_TABLE} (application_name, notification_id) VALUES (%s, %s)",
+    curs.execute(f"DELETE FROM {TRACKING_TABLE} WHERE application_name IN (%s, %s)", (live_name, new_name))  # noqa: S608 - names from constants
+    curs.execute(f"INSERT INTO {TRACKING_TABLE} (application_name, notification_id) VALUES (%s, %s)",  # noqa: S608 - names from constants
                  (live_name, position))
     record_version(curs, live_name, new.version)
-    curs.execute(f"DELETE FROM {PARKED_TABLE} WHERE read_model = %s", (live_name,))
-    curs.execute(f"UPDATE {PARKED_TABLE} SET read_model = %s WHERE read_model = %s", (live_name, new_name))
+    curs.execute(f"DELETE FROM {PARKED_TABLE} WHERE read_model = %s", (live_name,))  # noqa: S608 - names from constants
+    curs.execute(f"UPDATE {PARKED_TABLE} SET read_model = %s WHERE read_model = %s", (live_name, new_name))  # noqa: S608 - names from constants
     log.info("%s: swapped in the rebuilt copy at position %d", live_name, position)
 
 
@@ -182,5 +182,5 @@ def _columns(curs: Any, schema: str, table: str) -> list[str]:
 
 
 def _count(curs: Any, table: str) -> int:
-    curs.execute(f"SELECT count(*) AS n FROM {table}")
+    curs.execute(f"SELECT count(*) AS n FROM {table}")  # noqa: S608 - names from constants
     return int(curs.fetchone()["n"])

@@ -94,7 +94,7 @@ class ProjectionStore(PostgresTrackingRecorder):
 
     def park(self, curs: Any, name: str, notification: Notification, error: BaseException | str) -> None:
         curs.execute(
-            f"INSERT INTO {PARKED_TABLE} (read_model, notification_id, originator_id, originator_version, topic, "
+            f"INSERT INTO {PARKED_TABLE} (read_model, notification_id, originator_id, originator_version, topic, "  # noqa: S608 - names from constants
             "state, error) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (read_model, notification_id) "
             "DO UPDATE SET error = excluded.error, attempts = projection_parked.attempts + 1",
             (name, notification.id, notification.originator_id, notification.originator_version,
@@ -104,7 +104,7 @@ class ProjectionStore(PostgresTrackingRecorder):
 
 def positions(curs: Any, names: Sequence[str]) -> dict[str, int]:
     """Each read model's position (0 before its first page)."""
-    curs.execute(f"SELECT application_name, notification_id FROM {TRACKING_TABLE} WHERE application_name = ANY(%s)",
+    curs.execute(f"SELECT application_name, notification_id FROM {TRACKING_TABLE} WHERE application_name = ANY(%s)",  # noqa: S608 - names from constants
                  (list(names),))
     found = {row["application_name"]: row["notification_id"] for row in curs.fetchall()}
     return {name: found.get(name, 0) for name in names}
@@ -121,12 +121,12 @@ def _columns_match(curs: Any, model: ReadModel) -> bool:
 
 
 def stored_versions(curs: Any, names: Sequence[str]) -> dict[str, int]:
-    curs.execute(f"SELECT read_model, version FROM {VERSIONS_TABLE} WHERE read_model = ANY(%s)", (list(names),))
+    curs.execute(f"SELECT read_model, version FROM {VERSIONS_TABLE} WHERE read_model = ANY(%s)", (list(names),))  # noqa: S608 - names from constants
     return {row["read_model"]: row["version"] for row in curs.fetchall()}
 
 
 def record_version(curs: Any, name: str, version: int) -> None:
-    curs.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (%s, %s) ON CONFLICT (read_model) DO UPDATE "
+    curs.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (%s, %s) ON CONFLICT (read_model) DO UPDATE "  # noqa: S608 - names from constants
                  "SET version = excluded.version", (name, version))
 
 
@@ -191,7 +191,7 @@ class Projector:
                     # Tables of a release before versions were recorded count as version 0 when
                     # their columns differ from this code's.
                     version = model.version if _columns_match(curs, model) else 0
-                    curs.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    curs.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (%s, %s) ON CONFLICT DO NOTHING",  # noqa: S608 - names from constants
                                  (name, version))
             stored = stored_versions(curs, self.names)
             # Columns that differ from the declaration make tables stale even under the same version.
@@ -450,7 +450,7 @@ class Projector:
         by_name = dict(zip(self.names, self.models, strict=True))
         applied = still = 0
         with self.store.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(f"SELECT * FROM {PARKED_TABLE} WHERE read_model = ANY(%s) ORDER BY read_model, notification_id",
+            curs.execute(f"SELECT * FROM {PARKED_TABLE} WHERE read_model = ANY(%s) ORDER BY read_model, notification_id",  # noqa: S608 - names from constants
                          (self.names,))
             rows = curs.fetchall()
         for row in rows:
@@ -469,7 +469,7 @@ class Projector:
                     self.store.park(curs, name, notification, error)
                     still += 1
                     continue
-                curs.execute(f"DELETE FROM {PARKED_TABLE} WHERE read_model = %s AND notification_id = %s",
+                curs.execute(f"DELETE FROM {PARKED_TABLE} WHERE read_model = %s AND notification_id = %s",  # noqa: S608 - names from constants
                              (name, row["notification_id"]))
                 applied += 1
         return applied, still

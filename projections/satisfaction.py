@@ -188,20 +188,20 @@ class Satisfaction(ReadModel):
             # moves within the batch changes its old bucket by 0).
             emptied = [row[:3] for row in merged if row[3] <= 0]
             if emptied:
-                curs.execute(f"DELETE FROM {self.t(DAYS.name)} WHERE responses = 0 AND (day, kind, channel) IN "
+                curs.execute(f"DELETE FROM {self.t(DAYS.name)} WHERE responses = 0 AND (day, kind, channel) IN "  # noqa: S608 - names from constants and the checked schema
                              "(SELECT * FROM unnest(%b::date[], %b::text[], %b::text[]))",
                              [list(column) for column in zip(*emptied, strict=True)])
         if pending.customers:
             self._customers.upsert(curs, self.schema, self._sql["customers"], pending.customers)
 
     def forget_customers(self, curs: Any, customers: Sequence[str]) -> None:
-        curs.execute(f"DELETE FROM {self.t(RESPONSES.name)} WHERE customer_id = ANY(%s) "
+        curs.execute(f"DELETE FROM {self.t(RESPONSES.name)} WHERE customer_id = ANY(%s) "  # noqa: S608 - names from constants and the checked schema
                      "RETURNING occurred_at, kind, score, channel", (list(customers),))
         pending = _Pending()
         self._days.merge_into(pending.days, [day_row(r["occurred_at"].astimezone(UTC).date(), r["kind"], r["channel"],
                                                      r["score"], -1) for r in curs.fetchall()])
         for table in (CONTACTS, LATEST, CUSTOMERS):
-            curs.execute(f"DELETE FROM {self.t(table.name)} WHERE customer_id = ANY(%s)", (list(customers),))
+            curs.execute(f"DELETE FROM {self.t(table.name)} WHERE customer_id = ANY(%s)", (list(customers),))  # noqa: S608 - names from constants and the checked schema
         self._finish(curs, pending)  # takes the answers out of their day buckets
 
     def _find_channels(self, curs: Any, responses: list[list[Any]]) -> None:
@@ -210,7 +210,7 @@ class Satisfaction(ReadModel):
         if not about:
             return
         curs.execute(
-            f"SELECT c.customer_id, c.event_id, c.channel FROM {self.t(CONTACTS.name)} c "
+            f"SELECT c.customer_id, c.event_id, c.channel FROM {self.t(CONTACTS.name)} c "  # noqa: S608 - names from constants and the checked schema
             "JOIN unnest(%b::text[], %b::text[]) AS a(customer_id, event_id) USING (customer_id, event_id)",
             ([c for c, _ in about], [e for _, e in about]),
         )
@@ -221,7 +221,7 @@ class Satisfaction(ReadModel):
     def _move_waiting_answers(self, curs: Any, contacts: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Answers stored before the event they are about move from `unknown` to its channel."""
         curs.execute(
-            f"UPDATE {self.t(RESPONSES.name)} AS r SET channel = c.channel "
+            f"UPDATE {self.t(RESPONSES.name)} AS r SET channel = c.channel "  # noqa: S608 - names from constants and the checked schema
             "FROM unnest(%b::text[], %b::text[], %b::text[]) AS c(customer_id, event_id, channel) "
             "WHERE r.customer_id = c.customer_id AND r.about_event_id = c.event_id AND r.channel = 'unknown' "
             "RETURNING r.occurred_at, r.kind, r.score, c.channel",

@@ -4,6 +4,12 @@ The property, for every route: no answer is a server error (5xx), and every erro
 a JSON body with a `detail`. `GET /customers/{id}?as_of=`/`known_at=` (contract §5) is built from
 the event store: a known customer may be unknown at that time (404), never a server error.
 
+Every route but `/health` needs an API key (issue 15). Each request schemathesis makes is sent twice:
+with an admin key, which every route must serve (never 401/403), and with an analyst key, which the
+analyst's routes must serve too and every other route must refuse with a 403 naming the role (POST
+/events: producer; audit routes and `as_of`/`known_at` on a customer: auditor; keys and identity
+changes and erasure: admin), never a 2xx there. The hypothesis tests act as an admin.
+
 The API runs as a child process (`rapport api`) on the session's test database, on a topic of the
 test's own. A few customers are published through Kafka first and ingested and projected here, so
 that the routes of one customer also meet existing customers, not only 404s:
@@ -18,14 +24,18 @@ that the routes of one customer also meet existing customers, not only 404s:
 
 Nothing here is ingested after the seed: events that `POST /events` accepts stay on the test's
 topic, which is deleted afterwards, so other tests never see them. Generation is derandomized and
-bounded (MAX_EXAMPLES below): the whole file takes about 30 s on the 2-core development machine.
+bounded (MAX_EXAMPLES below): the whole file takes about 40 s on the quiet 2-core development machine
+(1–2 minutes when it is busy). `RAPPORT_FUZZ_SCALE=10` makes ten times as many examples of each kind;
+`RAPPORT_FUZZ_RANDOM=1` draws new hypothesis examples on each run instead of the fixed sequence.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,16 +59,18 @@ from services.bootstrap import ingest_consumer, projector
 from services.http.app import create_app
 from services.settings import Settings
 from tests.conftest import settings_env
-from tests.support import drain, end_offsets, envelope, publish, serving
+from tests.support import api_key, drain, end_offsets, envelope, publish, serving
 
 pytestmark = pytest.mark.e2e
 
-# Bounded so that the file stays well under two minutes on a loaded 2-core machine: schemathesis
-# makes up to MAX_EXAMPLES fuzzed requests per operation (12 operations) besides its examples and
-# coverage cases; the hypothesis tests make PARAMETER_EXAMPLES and EVENT_EXAMPLES requests.
-MAX_EXAMPLES = 20
-PARAMETER_EXAMPLES = 250
-EVENT_EXAMPLES = 80
+# Bounded so that the file takes about 40 s on the quiet 2-core machine (1–2 minutes when it is busy):
+# schemathesis makes up to MAX_EXAMPLES fuzzed requests per operation (23 operations) besides its
+# examples and coverage cases (about 970 cases in all, each sent with two keys); the hypothesis tests
+# make PARAMETER_EXAMPLES and EVENT_EXAMPLES requests. RAPPORT_FUZZ_SCALE multiplies them all.
+SCALE = max(1, int(os.environ.get("RAPPORT_FUZZ_SCALE", "1")))
+MAX_EXAMPLES = 5 * SCALE
+PARAMETER_EXAMPLES = 250 * SCALE
+EVENT_EXAMPLES = 80 * SCALE
 SEED = 20260301  # schemathesis' seed (coverage values, per-operation seeds); hypothesis is derandomized
 
 # Checks that don't apply to tests of a live server: its answers take milliseconds, not
@@ -68,7 +80,7 @@ SEED = 20260301  # schemathesis' seed (coverage values, per-operation seeds); hy
 # what the next example reads).
 NOT_APPLICABLE = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
                   HealthCheck.large_base_example, HealthCheck.function_scoped_fixture]
-BOUNDED = hypothesis.settings(deadline=None, derandomize=True, database=None,
+BOUNDED = hypothesis.settings(deadline=None, derandomize=not os.environ.get("RAPPORT_FUZZ_RANDOM"), database=None,
                               suppress_health_check=NOT_APPLICABLE, print_blob=False)
 
 TYPES = ("call", "email", "purchase", "survey_response")
@@ -110,6 +122,96 @@ def error_has_a_detail(ctx: schemathesis.CheckContext, response: schemathesis.Re
     if problem:
         raise AssertionError(f"{response.status_code} answer breaks 'errors carry a detail': {problem}")
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Who may do what (issue 15): the role each route needs; admin may do everything.
+
+ADMIN, ANALYST = "admin", "analyst"
+OPEN = None  # no key needed
+ANY_KEY = "any"  # a key of any role
+# A route added with another role than the analyst's shows up here as "a key with the analyst role was refused".
+ROUTE_ROLES: dict[tuple[str, str], str | None] = {
+    ("GET", "/health"): OPEN,
+    ("GET", "/schema/envelope.json"): ANY_KEY,
+    ("POST", "/events"): "producer",
+    ("GET", "/audit/customers/{customer_id}/events"): "auditor",
+    ("GET", "/audit/verify"): "auditor",
+    ("GET", "/audit/heads"): "auditor",
+    ("POST", "/customers/{customer_id}/unmerge"): ADMIN,
+    ("POST", "/customers/{customer_id}/allow"): ADMIN,
+    ("POST", "/customers/{customer_id}/forget"): ADMIN,
+    ("GET", "/keys"): ADMIN,
+    ("POST", "/keys"): ADMIN,
+    ("POST", "/keys/{key_id}/revoke"): ADMIN,
+}  # every other route: analyst
+
+
+def role_needed(method: str, route: str, sent_url: str) -> str | None:
+    """The role a request needs: its route's; a customer's view at a point in time (a query naming
+    `as_of` or `known_at`, even empty) is the auditors' (contract §5)."""
+    role = ROUTE_ROLES.get((method, route), ANALYST)
+    query = urllib.parse.parse_qsl(urllib.parse.urlsplit(sent_url).query, keep_blank_values=True)
+    if role == ANALYST and route.startswith("/customers/") and {n for n, _ in query} & set(AUDIT_PARAMETERS):
+        return "auditor"
+    return role
+
+
+def another_key_sent(request: Any, key: str) -> bool:
+    """Whether schemathesis sent a key of its own making beside ours (then a 401 is the right answer)."""
+    sent = [request.headers.get("X-API-Key"), (request.headers.get("Authorization") or "").removeprefix("Bearer ")]
+    return any(value is not None and value.strip() != key for value in sent)
+
+
+def is_json(body: bytes | str | None) -> bool:
+    try:
+        json.loads(body or b"")
+    except ValueError:
+        return False
+    return True
+
+
+def access_problem(role: str, key: str, needed: str | None, request: Any, status: int, content: bytes,
+                   admin_status: int | None = None) -> str | None:
+    """Why the answer to a request with a key of `role` breaks the rules of issue 15, or None.
+    A key may do what its role may do (admin: everything) and is never refused there; anything
+    else is refused with a 403 naming the role needed, never answered 2xx. One exception: a body
+    that is not JSON at all gets the same 400 or 422 whoever sends it (`admin_status`), as FastAPI
+    decodes a declared body before it runs any dependency."""
+    if status == 401 and another_key_sent(request, key):
+        return None
+    allowed = needed in (OPEN, ANY_KEY, role) or role == ADMIN
+    if allowed:
+        return f"a key with the {role} role was refused" if status in (401, 403) else None
+    if status == admin_status and status in (400, 422) and not is_json(request.body):
+        return None
+    if status != 403:
+        return f"needs the {needed} role, yet a key with only the {role} role got {status}, not 403"
+    detail = str(json.loads(content).get("detail", ""))
+    if f"needs the {needed} role" not in detail:
+        return f"the 403 does not say the {needed} role is needed: {detail!r:.300}"
+    return None
+
+
+def keeps_roles(role: str, key: str, admin_status: int | None = None) -> Any:
+    """The check that answers to `role`'s key keep the rules of issue 15 (`access_problem`)."""
+
+    def check(ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case) -> bool | None:
+        method = (response.request.method or "").upper()
+        if method != case.operation.method.upper():  # schemathesis tries methods the route has not: never served
+            problem = f"{method} is not a method of {case.operation.path}, yet it was served" \
+                if response.status_code < 400 else None
+        else:
+            needed = role_needed(method, case.operation.path, response.request.url or "")
+            problem = access_problem(role, key, needed, response.request, response.status_code, response.content,
+                                     admin_status)
+        if problem:
+            raise AssertionError(f"{case.method.upper()} {response.request.url} answered {response.status_code}: "
+                                 f"{problem}")
+        return None
+
+    check.__name__ = f"{role}_role_is_kept"
+    return check
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,8 +301,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def call(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+@pytest.fixture
+def keys(settings: Settings) -> dict[str, str]:
+    """An admin key and an analyst key of the test's database, by role."""
+    return {role: api_key(settings, role, name=f"properties-{role}") for role in (ADMIN, ANALYST)}
+
+
+def call(method: str, url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - localhost
             return response.status, response.read()
@@ -209,12 +318,29 @@ def call(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
 
 
 @pytest.fixture
-def api(settings: Settings, seeded: Seeded) -> Iterator[str]:
-    """`rapport api` alone (no ingest: what POST /events accepts stays on the test's topic); its URL."""
+def api(settings: Settings, seeded: Seeded, store: InteractionLog) -> Iterator[str]:
+    """`rapport api` (no ingest: what POST /events accepts stays on the test's topic), with a projector
+    following the event store as in `rapport run` (an erasure waits for the read models to pass it); its URL."""
     port = free_port()
     env = settings_env(settings.model_copy(update={"api_port": port}), RAPPORT_LOG_LEVEL="WARNING")
-    with serving("api", env, port) as base:
-        yield base
+    stop, failures = threading.Event(), []
+
+    def follow() -> None:
+        try:
+            projector(settings, store).run(stop)
+        except BaseException as error:
+            failures.append(error)
+            raise
+
+    thread = threading.Thread(target=follow, name="projector", daemon=True)
+    thread.start()
+    try:
+        with serving("api", env, port) as base:
+            yield base
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not failures, f"the projector stopped on what the API wrote: {failures[0]!r}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +389,7 @@ def openapi_for_tests(document: dict[str, Any], seeded: Seeded) -> dict[str, Any
 
 
 @pytest.fixture
-def api_schema(api: str, seeded: Seeded, request: pytest.FixtureRequest) -> schemathesis.BaseSchema:
+def api_schema(api: str, seeded: Seeded, keys: dict[str, str], request: pytest.FixtureRequest) -> schemathesis.BaseSchema:
     # schemathesis 4.32.5's lazy loader names each operation's subtest through `node._nodeid`,
     # which pytest 9 no longer has: give it one (only schemathesis reads or writes it).
     if not hasattr(request.node, "_nodeid"):
@@ -277,7 +403,8 @@ def api_schema(api: str, seeded: Seeded, request: pytest.FixtureRequest) -> sche
         "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True}},
     })
     schema = schemathesis.openapi.from_dict(openapi_for_tests(json.loads(content), seeded), config=config)
-    schema.config.update(base_url=api)
+    # Sent with every request, over any Authorization header schemathesis makes up.
+    schema.config.update(base_url=api, headers={"Authorization": f"Bearer {keys[ADMIN]}"})
     return schema
 
 
@@ -286,8 +413,14 @@ lazy_schema = schemathesis.pytest.from_fixture("api_schema")
 
 @lazy_schema.parametrize()
 @hypothesis.settings(BOUNDED, max_examples=MAX_EXAMPLES)
-def test_no_route_answers_a_server_error_and_every_error_has_a_detail(case: schemathesis.Case) -> None:
-    case.call_and_validate(checks=[no_server_error, error_has_a_detail], timeout=30)
+def test_no_route_answers_a_server_error_and_every_error_has_a_detail_for_an_admin_or_an_analyst(
+        case: schemathesis.Case, keys: dict[str, str]) -> None:
+    """The same request as an admin (who may do everything) and as an analyst (who may read)."""
+    admin = case.call_and_validate(checks=[no_server_error, error_has_a_detail, keeps_roles(ADMIN, keys[ADMIN])],
+                                   timeout=30)
+    analyst = case.call(headers={"Authorization": f"Bearer {keys[ANALYST]}"}, timeout=30)
+    case.validate_response(analyst, checks=[no_server_error, error_has_a_detail,
+                                            keeps_roles(ANALYST, keys[ANALYST], admin.status_code)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,18 +537,19 @@ def newest_first(items: list[dict[str, Any]]) -> bool:
     return keys == sorted(keys, reverse=True)
 
 
-def test_known_customers_parameters_paging_and_event_bodies(api: str, seeded: Seeded, settings: Settings) -> None:
-    """Three properties on one server (starting one costs seconds): the GET routes with hand-written
-    parameters, timeline paging, and POST /events bodies."""
-    gets_of_known_customers_and_odd_parameters(api, seeded)
-    timeline_pages_give_every_event_once_whatever_the_limit(api, seeded)
-    posted_event_bodies(api, settings)
+def test_known_customers_parameters_paging_and_event_bodies(api: str, seeded: Seeded, settings: Settings,
+                                                           keys: dict[str, str]) -> None:
+    """Three properties on one server (starting one costs seconds), as an admin: the GET routes with
+    hand-written parameters, timeline paging, and POST /events bodies."""
+    gets_of_known_customers_and_odd_parameters(api, seeded, keys[ADMIN])
+    timeline_pages_give_every_event_once_whatever_the_limit(api, seeded, keys[ADMIN])
+    posted_event_bodies(api, settings, keys[ADMIN])
 
 
-def gets_of_known_customers_and_odd_parameters(api: str, seeded: Seeded) -> None:
+def gets_of_known_customers_and_odd_parameters(api: str, seeded: Seeded, key: str) -> None:
     ids = seeded.ids
     known_paths = {customer_path(c, tail) for c in ids for tail in ("", "/timeline", "/lifecycle")}
-    real_cursors = [json.loads(call("GET", url(api, path, {"limit": 1, **query}))[1])["next_cursor"]
+    real_cursors = [json.loads(call("GET", url(api, path, {"limit": 1, **query}), key=key)[1])["next_cursor"]
                     for path, query in [(customer_path(ids[0], "/timeline"), {}),
                                         ("/satisfaction/alarms", {"since": "2000-01-01"})]]
     assert all(real_cursors), "the seed has pages to follow"
@@ -427,9 +561,11 @@ def gets_of_known_customers_and_odd_parameters(api: str, seeded: Seeded) -> None
     @example(request=Get("/satisfaction/trend", "/satisfaction/trend", {"to": "0001-01-01"}))
     @example(request=Get("/satisfaction/trend", "/satisfaction/trend", {"to": "9999-12-31", "from": "9999-12-01"}))
     @example(request=Get("/lifecycle/stages", "/lifecycle/stages", {"as_of": "0001-01-01T00:00:00+14:00"}))
+    # A NUL in the path of an admin's (or auditor's) request, which the access log records.
+    @example(request=Get(VIEW_ROUTE, customer_path("crm-prop-unknown-\x00"), {}))
     def check(request: Get) -> None:
         sent_url = url(api, request.path, request.query)
-        status, content = call("GET", sent_url)
+        status, content = call("GET", sent_url, key=key)
         check_answer("GET", request.route, sent_url, status, content)
         if request.path not in known_paths:
             return
@@ -448,7 +584,7 @@ def gets_of_known_customers_and_odd_parameters(api: str, seeded: Seeded) -> None
     check()
 
 
-def timeline_pages_give_every_event_once_whatever_the_limit(api: str, seeded: Seeded) -> None:
+def timeline_pages_give_every_event_once_whatever_the_limit(api: str, seeded: Seeded, key: str) -> None:
     """Following `next_cursor` from the first page gives each of the customer's events exactly once."""
     customer_id = max(seeded.ids, key=lambda c: len(seeded.customers[c]))
     expected = sorted(event["event_id"] for event in seeded.customers[customer_id])
@@ -460,7 +596,7 @@ def timeline_pages_give_every_event_once_whatever_the_limit(api: str, seeded: Se
         cursor = None
         for _ in range(len(expected) + 1):
             query = {"limit": limit, "cursor": cursor}
-            status, content = call("GET", url(api, customer_path(customer_id, "/timeline"), query))
+            status, content = call("GET", url(api, customer_path(customer_id, "/timeline"), query), key=key)
             assert status == 200, content[:300]
             page = json.loads(content)
             assert len(page["items"]) <= limit and newest_first(page["items"])
@@ -518,7 +654,7 @@ def event_bodies(draw: st.DrawFn) -> bytes:
     return json.dumps(value).encode()
 
 
-def posted_event_bodies(api: str, settings: Settings) -> None:
+def posted_event_bodies(api: str, settings: Settings, key: str) -> None:
     before = sum(end_offsets(settings).values())
     accepted: list[str] = []
 
@@ -528,7 +664,7 @@ def posted_event_bodies(api: str, settings: Settings) -> None:
     @example(body=b'{"event_id": "x", "type": {}, "occurred_at": "2026-03-01T10:15:00Z", "customer": {"id": "c"}, '
                   b'"data": {}}')
     def check(body: bytes) -> None:
-        status, content = call("POST", f"{api}/events", body)
+        status, content = call("POST", f"{api}/events", body, key=key)
         check_answer("POST", "/events", f"{api}/events", status, content)
         assert status in (202, 422), (status, content[:300])
         if status == 202:
@@ -547,6 +683,7 @@ def posted_event_bodies(api: str, settings: Settings) -> None:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {api_key(settings, ADMIN)}"
         yield test_client
 
 
