@@ -75,11 +75,31 @@ def delete_group(servers: list[str], group: str) -> None:
         admin.close()
 
 
+KEY_VARIABLE = "RAPPORT_BENCH_API_KEY"  # in the environment: load generators in child processes (and wrk) see it
+
+
+def use_bench_key(database_url: str) -> str:
+    """A key (analyst, auditor) for the benchmark's requests, made in that database and put in this
+    process's environment, which child processes inherit; `key_headers` sends it."""
+    from services import access
+
+    bootstrap.ensure_access_tables(Settings(database_url=database_url))
+    with psycopg.connect(bootstrap.conninfo(Settings(database_url=database_url)), autocommit=True) as conn:
+        key = access.create_key(conn, "benchmark", ["analyst", "auditor"])[1]
+    os.environ[KEY_VARIABLE] = key
+    return key
+
+
+def key_headers() -> dict[str, str]:
+    key = os.environ.get(KEY_VARIABLE)
+    return {"X-API-Key": key} if key else {}
+
+
 def http_get(port: int, path: str, timeout: float = 30) -> tuple[int, bytes]:
-    """GET http://127.0.0.1:port/path on a new connection: (status, body)."""
+    """GET http://127.0.0.1:port/path on a new connection, with the benchmark's key: (status, body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=key_headers())
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -114,7 +134,10 @@ def rapport_api(env: Mapping[str, str], port: int, log_path: Path, ready_path: s
                 stop_seconds: float = 20) -> Iterator[subprocess.Popen[bytes]]:
     """`rapport api` as a child process with `env` added to this one's, once `ready_path` answers
     200 on `port`; stopped with SIGTERM at the end. Its output goes to `log_path`, removed when
-    all went well."""
+    all went well. Requests send a key made for the benchmark (`use_bench_key`)."""
+    database_url = env.get("RAPPORT_DATABASE_URL")
+    if database_url:
+        use_bench_key(database_url)
     rapport = Path(sys.executable).with_name("rapport")
     command = [str(rapport), "api"] if rapport.exists() else [sys.executable, "-m", "services.cli", "api"]
     with open(log_path, "wb") as log:

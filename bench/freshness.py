@@ -44,8 +44,10 @@ from bench.common import (  # noqa: E402
     create_database,
     ignore_signals,
     json_line,
+    key_headers,
     remove_throwaways,
     say,
+    use_bench_key,
     with_dbname,
 )
 from consumers.ingest import kafka_consumer, kafka_producer  # noqa: E402
@@ -68,7 +70,7 @@ def _probe(customer: str, sent_at: float) -> bytes:
 def publish_at_rate(servers: list[str], topic: str, rate: int, seconds: float, probe_every: int,
                     values: list[tuple[bytes | None, bytes]], probes: Any, tag: str) -> None:
     """Child: send `rate` messages a second on a fixed timetable; report each probe (id, time sent)."""
-    producer = kafka_producer(servers, linger_ms=2)
+    producer = kafka_producer({"bootstrap_servers": servers}, linger_ms=2)  # the local stack's plain listener
     started = time.monotonic()
     total = int(rate * seconds)
     sent = late = 0
@@ -121,7 +123,7 @@ class Watcher:
                 mine = [(c, t) for i, (c, t) in enumerate(self.in_flight.items()) if i % of == k]
             for customer, sent_at in mine:
                 try:
-                    conn.request("GET", f"/customers/{customer}")
+                    conn.request("GET", f"/customers/{customer}", headers=key_headers())
                     response = conn.getresponse()
                     response.read()
                     status = response.status
@@ -169,6 +171,7 @@ def product(settings: Settings, ingest_processes: int, port: int) -> Iterator[di
            "RAPPORT_API_PORT": str(port), "RAPPORT_LOG_LEVEL": "WARNING"}
     rapport = str(ROOT / ".venv" / "bin" / "rapport")
     bootstrap.ensure_schema(settings)  # tables first: the children would race to create them
+    use_bench_key(settings.database_url)
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for i in range(ingest_processes):
@@ -208,7 +211,7 @@ class Backlog:
 
     def __init__(self, settings: Settings, port: int) -> None:
         self.settings, self.port = settings, port
-        self.consumer = kafka_consumer(settings.kafka_servers, None, 1)  # type: ignore[arg-type]
+        self.consumer = kafka_consumer(settings.kafka_client_config, None, 1)  # type: ignore[arg-type]
         self.store = bootstrap.interaction_log(settings)
         self.ingest: list[int] = []
         self.read_models: dict[str, list[int]] = {}

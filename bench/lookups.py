@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import psycopg  # noqa: E402
 
-from bench.common import http_get, rapport_api, say, with_dbname  # noqa: E402
+from bench.common import http_get, key_headers, rapport_api, say, with_dbname  # noqa: E402
 from services import bootstrap  # noqa: E402
 from services.settings import Settings  # noqa: E402
 
@@ -166,8 +166,10 @@ def _open_loop(port: int, paths: list[str], rate: float, duration: float, connec
     n = max(1, round(rate * duration))
     results: list[tuple[float, float, int]] = []  # (latency from due time, service time, status)
 
+    key_line = "".join(f"{name}: {value}\r\n" for name, value in key_headers().items())
+
     async def one_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{key_line}\r\n".encode())
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
@@ -256,6 +258,7 @@ def fixed_rate(port: int, api_pid: int, paths: list[str], rate: float, duration:
 # --- saturation with wrk ----------------------------------------------------------------------
 
 WRK_SCRIPT = """
+wrk.headers["X-API-Key"] = os.getenv("RAPPORT_BENCH_API_KEY")
 local ids = {}
 init = function(args)
   for line in io.lines(args[1]) do ids[#ids + 1] = line end
@@ -301,13 +304,13 @@ def wrk(port: int, api_pid: int, script: str, args: list[str], connections: int,
 
 def sample_ids(conninfo: str, n: int) -> tuple[list[str], dict[str, Any]]:
     with psycopg.connect(conninfo) as conn:
-        meta = conn.execute(f"SELECT data FROM {META_TABLE} WHERE id = 1").fetchone()
+        meta = conn.execute(f"SELECT data FROM {META_TABLE} WHERE id = 1").fetchone()  # noqa: S608 - names from constants
         customers = conn.execute("SELECT count(*) FROM customer_360").fetchone()[0]
         # A few random pages of the table, then random rows of those: quick at a million rows.
         percent = min(100.0, 100.0 * 4 * n / max(customers, 1))
         ids = [r[0] for r in conn.execute(
-            f"SELECT customer_id FROM customer_360 TABLESAMPLE SYSTEM ({percent}) WHERE customer_id NOT LIKE 'heavy-%%' "
-            "ORDER BY random() LIMIT %s", (n,))]
+            "SELECT customer_id FROM customer_360 TABLESAMPLE SYSTEM (%s) WHERE customer_id NOT LIKE 'heavy-%%' "
+            "ORDER BY random() LIMIT %s", (percent, n))]
         last = conn.execute("SELECT max(last_seen_at) FROM customer_360").fetchone()[0]
     info = dict(meta[0]) if meta else {}
     info |= {"customers_in_view": customers, "data_last_at": last.astimezone(UTC).isoformat()}

@@ -68,6 +68,7 @@ from bench.common import (  # noqa: E402
     create_database,
     http_get,
     ignore_signals,
+    key_headers,
     quietly,
     rapport_api,
     remove_throwaways,
@@ -192,7 +193,7 @@ def _counts(conninfo: str) -> tuple[int, int]:
     """(rows of the event store, Registered events among them)."""
     with psycopg.connect(conninfo) as conn:
         rows, registered = conn.execute(
-            f"SELECT count(*), count(*) FILTER (WHERE topic LIKE %s) FROM {tables.EVENTS}", ("%Registered",)).fetchone()
+            f"SELECT count(*), count(*) FILTER (WHERE topic LIKE %s) FROM {tables.EVENTS}", ("%Registered",)).fetchone()  # noqa: S608 - names from constants
     return rows, registered
 
 
@@ -217,7 +218,7 @@ def load(args: argparse.Namespace, settings: Settings, clients: list[Any]) -> di
     }
     with psycopg.connect(bootstrap.conninfo(settings), autocommit=True) as conn:
         conn.execute(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (id int PRIMARY KEY, data jsonb NOT NULL)")
-        conn.execute(f"INSERT INTO {META_TABLE} VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+        conn.execute(f"INSERT INTO {META_TABLE} VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET data = excluded.data",  # noqa: S608 - names from constants
                      (json.dumps({**r, "events": args.events, "loaded_at": datetime.now(UTC).isoformat()}),))
     return r
 
@@ -225,7 +226,7 @@ def load(args: argparse.Namespace, settings: Settings, clients: list[Any]) -> di
 def reused(settings: Settings) -> dict[str, Any]:
     """The figures of the run that loaded the kept database."""
     with psycopg.connect(bootstrap.conninfo(settings)) as conn:
-        row = conn.execute(f"SELECT data FROM {META_TABLE} WHERE id = 1").fetchone()
+        row = conn.execute(f"SELECT data FROM {META_TABLE} WHERE id = 1").fetchone()  # noqa: S608 - names from constants
     if row is None:
         raise RuntimeError(f"{META_TABLE} is empty: load the database again (without --reuse)")
     return row[0]
@@ -239,7 +240,7 @@ def database_has_events(admin: Settings, dbname: str) -> bool:
     with psycopg.connect(conninfo) as conn:
         present = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
                                (tables.EVENTS, META_TABLE)).fetchone()[0]
-        return bool(present) and conn.execute(f"SELECT EXISTS (SELECT FROM {tables.EVENTS})").fetchone()[0]
+        return bool(present) and conn.execute(f"SELECT EXISTS (SELECT FROM {tables.EVENTS})").fetchone()[0]  # noqa: S608 - names from constants
 
 
 def prepare_log(conninfo: str) -> float:
@@ -299,9 +300,9 @@ def reset_read_models(settings: Settings) -> None:
             for table in model.tables:
                 conn.execute(f"DROP TABLE IF EXISTS {model.t(table.name)} CASCADE")
         if conn.execute("SELECT to_regclass(%s)", (TRACKING_TABLE,)).fetchone()[0]:
-            conn.execute(f"DELETE FROM {TRACKING_TABLE} WHERE application_name = ANY(%s)", (names,))
+            conn.execute(f"DELETE FROM {TRACKING_TABLE} WHERE application_name = ANY(%s)", (names,))  # noqa: S608 - names from constants
         if conn.execute("SELECT to_regclass(%s)", (PARKED_TABLE,)).fetchone()[0]:
-            conn.execute(f"DELETE FROM {PARKED_TABLE} WHERE read_model = ANY(%s)", (names,))
+            conn.execute(f"DELETE FROM {PARKED_TABLE} WHERE read_model = ANY(%s)", (names,))  # noqa: S608 - names from constants
 
 
 def run_catch_up(settings: Settings, store: Any, head: int, desc: str,
@@ -366,7 +367,7 @@ def check_read_models(conninfo: str, events: int, customers: int) -> dict[str, A
         facts = conn.execute("SELECT count(*) FROM lifecycle_facts").fetchone()[0]
         intervals = conn.execute("SELECT count(*) FROM lifecycle_intervals").fetchone()[0]
         answers = conn.execute("SELECT count(*) FROM satisfaction_responses").fetchone()[0]
-        parked = conn.execute(f"SELECT count(*) FROM {PARKED_TABLE}").fetchone()[0]
+        parked = conn.execute(f"SELECT count(*) FROM {PARKED_TABLE}").fetchone()[0]  # noqa: S608 - names from constants
     found = {"customer_360_customers": c360, "customer_360_events": int(c360_events or 0),
              "timeline_events": timeline, "lifecycle_facts": facts, "lifecycle_intervals": intervals,
              "satisfaction_responses": answers, "parked": parked}
@@ -407,13 +408,15 @@ def _fixed_rate_load(host: str, port: int, paths: list[str], rate: float, durati
         todo: queue.Queue[tuple[int, float] | None] = queue.Queue()
         results: list[tuple[int, float, float, float, int] | None] = [None] * n
 
+        headers = key_headers()
+
         def worker() -> None:
             conn = http.client.HTTPConnection(host, port, timeout=30)
             while (item := todo.get()) is not None:
                 i, scheduled = item
                 sent = time.perf_counter()
                 try:
-                    conn.request("GET", paths[i % len(paths)])
+                    conn.request("GET", paths[i % len(paths)], headers=headers)
                     response = conn.getresponse()
                     response.read()
                     status = response.status

@@ -110,7 +110,8 @@ class _Accepted:
 def dead_letter_headers(record: Any, reason: str) -> list[tuple[str, bytes]]:
     """The original headers plus contract §1's four `rapport-*` headers."""
     return list(record.headers or []) + [
-        (ERROR_HEADER, reason.encode()),
+        # A reason never stops ingest: whatever it quotes is written, escaped if need be.
+        (ERROR_HEADER, reason.encode("utf-8", "backslashreplace")),
         ("rapport-source-topic", record.topic.encode()),
         ("rapport-source-partition", str(record.partition).encode()),
         ("rapport-source-offset", str(record.offset).encode()),
@@ -168,9 +169,11 @@ class IngestConsumer:
         log_every_seconds: float = 10.0,
         give_up_after_seconds: float = GIVE_UP_AFTER_SECONDS,
         phone_region: str = DEFAULT_REGION,
+        identity_key: bytes | None = None,
     ) -> None:
         self.store = store
         self.phone_region = phone_region
+        self.identity_key = identity_key  # emails and phones are matched as keyed hashes under it
         self.identities = IdentityResolver(store.interactions.identity, store.interactions.datastore.get_connection)
         self.consumer = consumer
         self.dead_letters = dead_letters
@@ -363,7 +366,7 @@ class IngestConsumer:
     def process(self, records: Sequence[Any]) -> None:
         """Validate, deduplicate, dead-letter, then store the new facts, who is who, and the batch's
         positions and counts in one transaction."""
-        candidates, rejected = self._validate(records, self.phone_region)
+        candidates, rejected = self._validate(records, self.phone_region, self.identity_key)
         accepted, duplicates, conflicts = self._deduplicate(candidates)
         rejected += conflicts
         counts = self._partition_counts(records, accepted, duplicates, rejected)
@@ -376,7 +379,8 @@ class IngestConsumer:
         positions = [Tracking(kafka_position_name(self.topic, p), o) for p, o in sorted(last_offsets.items())]
         event_ids = [EventIdRow(a.envelope.event_id, a.fingerprint, a.stream, a.record.topic, a.record.partition,
                                 a.record.offset) for a in accepted]
-        dead_letters = [DeadLetterRow(r.topic, r.partition, r.offset, reason, r.key, r.value or b"")
+        # PostgreSQL text holds no NUL and no lone surrogate: the stored reason escapes them.
+        dead_letters = [DeadLetterRow(r.topic, r.partition, r.offset, _storable(reason), r.key, r.value or b"")
                         for r, reason in rejected]
         for attempt in range(1, STORE_ATTEMPTS + 1):
             plan = self.identities.plan([(a.identifiers, a.envelope.occurred_at, a.envelope.event_id) for a in accepted])
@@ -401,7 +405,8 @@ class IngestConsumer:
         batch.count(self.stats)
 
     @staticmethod
-    def _validate(records: Sequence[Any], region: str) -> tuple[list[_Accepted], list[tuple[Any, str]]]:
+    def _validate(records: Sequence[Any], region: str, key: bytes | None
+                  ) -> tuple[list[_Accepted], list[tuple[Any, str]]]:
         """Each message as an envelope, or with the reason it is dead-lettered."""
         rejected: list[tuple[Any, str]] = []
         candidates: list[_Accepted] = []
@@ -411,7 +416,7 @@ class IngestConsumer:
                 continue
             try:
                 envelope = parse_envelope(record.value)
-                identifiers = identifiers_of(envelope.customer.__dict__, region)
+                identifiers = identifiers_of(envelope.customer.__dict__, region, key)
             except InvalidEvent as invalid:
                 rejected.append((record, invalid.reason))
                 continue
@@ -511,15 +516,20 @@ class IngestConsumer:
         )
 
 
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return f"{type(error).__name__}: {text}"[:500]
 
 
-def kafka_consumer(servers: list[str], group_id: str, max_poll_records: int, **overrides: Any) -> KafkaConsumer:
-    """A consumer tuned for big batches; offsets are ours to keep, so auto-commit is off."""
+def kafka_consumer(client: dict[str, Any], group_id: str, max_poll_records: int, **overrides: Any) -> KafkaConsumer:
+    """A consumer tuned for big batches; offsets are ours to keep, so auto-commit is off. `client`: where
+    and how to connect (`Settings.kafka_client_config`: servers, TLS, SASL)."""
     return KafkaConsumer(
-        bootstrap_servers=servers,
+        **client,
         group_id=group_id,
         enable_auto_commit=False,
         # We always seek to the offsets stored in PostgreSQL; if the broker no longer has them,
@@ -541,10 +551,11 @@ def kafka_consumer(servers: list[str], group_id: str, max_poll_records: int, **o
     )
 
 
-def kafka_producer(servers: list[str], **overrides: Any) -> KafkaProducer:
-    """A producer that waits for the broker to have the message (acks=all)."""
+def kafka_producer(client: dict[str, Any], **overrides: Any) -> KafkaProducer:
+    """A producer that waits for the broker to have the message (acks=all). `client`: where and how to
+    connect (`Settings.kafka_client_config`: servers, TLS, SASL)."""
     settings: dict[str, Any] = {
-        "bootstrap_servers": servers, "acks": "all", "linger_ms": 20, "batch_size": 512 * 1024,
+        **client, "acks": "all", "linger_ms": 20, "batch_size": 512 * 1024,
         "max_request_size": 5 * 1024 * 1024, "retries": 5,  # dead letters: up to 4 MiB
     }
     settings.update(overrides)

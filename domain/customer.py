@@ -111,6 +111,15 @@ class Customer(Aggregate):
         owner: str
         why: str
 
+    class Forgotten(Aggregate.Event):
+        """Customer `customer_id` asked to be forgotten (GDPR art. 17): the keys this stream's personal
+        fields were sealed with (`key_ids`, `domain.personal`) were destroyed with this event, and its
+        events read without them from now on. `reason`: why, as the operator gave it (a ticket, say)."""
+
+        customer_id: str
+        key_ids: list[str]
+        reason: str
+
     def record(self, envelope: Envelope) -> None:
         """Record one validated interaction as a new fact of this customer."""
         self.trigger_event(EVENT_CLASS_BY_TYPE[envelope.type], **interaction_fields(envelope))

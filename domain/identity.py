@@ -17,6 +17,12 @@ kept, when it would put two different `id:`s in one customer (an email shared by
 two accounts stays with the account that showed it first in event time) or when an operator split
 the two sides apart (`Separation`, made by an unmerge; lifted by an operator again).
 
+**Kept as keyed hashes.** Emails and phones are personal data (issue 15): what identity resolution
+stores and compares is not their normal form but a keyed hash of it (`for_matching`: HMAC-SHA256
+under a secret kept outside the database, 128 bits, written `email:#<32 hex>`), so that the
+identity tables and events hold no email or phone, and a forgotten customer's cannot be recovered
+from them. Account ids (`id:`) are the business's own keys and stay as written.
+
 **The customer's id** (`canonical_id`) is its `id:` if it has one; else an id generated from its
 earliest identifier (`generated_id`, `rc-` and 20 hex digits of a UUID 5): stable, the same
 whatever the arrival order, and not the email or phone itself. When two customers merge, the
@@ -26,6 +32,8 @@ earliest identifier is earlier in event time.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,20 +115,44 @@ def normal_phone(raw: str, region: str = DEFAULT_REGION) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+HASHED_KINDS = frozenset({"email", "phone"})
+HASH_MARK = "#"
+
+
+def for_matching(x: Identifier, key: bytes | None) -> Identifier:
+    """The form identity resolution stores and compares: an email or phone as a keyed hash of its normal
+    form (`email:#<32 hex>`); an account id as it is. Without a key (rules checked on their own, in unit
+    tests), the normal form itself."""
+    if key is None or x.kind not in HASHED_KINDS or x.value.startswith(HASH_MARK):
+        return x
+    return Identifier(x.kind, HASH_MARK + hmac.new(key, str(x).encode(), hashlib.sha256).hexdigest()[:32])
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Names a key without revealing it: which key a database's identifiers were hashed under."""
+    return hmac.new(key, b"rapport identity key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def is_hashed(x: Identifier) -> bool:
+    return x.value.startswith(HASH_MARK)
+
+
 def in_kind_order(identifiers: Iterable[Identifier]) -> list[Identifier]:
     """Ids, then emails, then phones, each sorted: how a customer's identifiers are listed."""
     return sorted(identifiers, key=lambda x: (KINDS.index(x.kind) if x.kind in KINDS else len(KINDS), x.value))
 
 
-def identifiers_of(customer: Mapping[str, Any], region: str = DEFAULT_REGION) -> tuple[Identifier, ...]:
-    """The event's identifiers, normalised, the anchor first (raises `UnreadableIdentifier`)."""
-    return _identifiers(customer.get("id"), customer.get("email"), customer.get("phone"), region)
+def identifiers_of(customer: Mapping[str, Any], region: str = DEFAULT_REGION, key: bytes | None = None
+                   ) -> tuple[Identifier, ...]:
+    """The event's identifiers as identity resolution matches them (normalised, emails and phones as keyed
+    hashes under `key`), the anchor first (raises `UnreadableIdentifier`)."""
+    return _identifiers(customer.get("id"), customer.get("email"), customer.get("phone"), region, key)
 
 
 @lru_cache(maxsize=65536)  # a customer's events repeat its identifiers: read once
-def _identifiers(account: Any, email: Any, phone: Any, region: str) -> tuple[Identifier, ...]:
-    return tuple(identifier(kind, value, region) for kind, value in (("id", account), ("email", email), ("phone", phone))
-                 if isinstance(value, str) and value)
+def _identifiers(account: Any, email: Any, phone: Any, region: str, key: bytes | None) -> tuple[Identifier, ...]:
+    return tuple(for_matching(identifier(kind, value, region), key)
+                 for kind, value in (("id", account), ("email", email), ("phone", phone)) if isinstance(value, str) and value)
 
 
 def generated_id(earliest: Identifier) -> str:

@@ -81,7 +81,31 @@ def create_statements(schema: str) -> list[Composed]:
             'anchor text COLLATE "C" NOT NULL, other text COLLATE "C" NOT NULL, why text NOT NULL, '
             "event_id text NOT NULL, occurred_at timestamptz NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(), "
             "PRIMARY KEY (anchor, other))").format(refusals),
+        # The fingerprint of the key emails and phones are hashed under: one key per database.
+        SQL("CREATE TABLE IF NOT EXISTS {}.{} (only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row), "
+            "fingerprint text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())").format(
+                Identifier(schema), Identifier(tables.IDENTITY_KEY)),
     ]
+
+
+class WrongIdentityKey(RuntimeError):
+    """The identity key differs from the one this database's identifiers were hashed under."""
+
+
+def check_identity_key(conn: Any, fingerprint: str, schema: str = "public") -> None:
+    """Record the key's fingerprint on first use; refuse another key later (it would split every customer)."""
+    table = SQL("{}.{}").format(Identifier(schema), Identifier(tables.IDENTITY_KEY))
+    with conn.cursor(row_factory=tuple_row) as curs:
+        curs.execute(SQL("INSERT INTO {} (fingerprint) VALUES (%s) ON CONFLICT DO NOTHING").format(table), (fingerprint,))
+        curs.execute(SQL("SELECT fingerprint FROM {}").format(table))
+        row = curs.fetchone()
+    if not conn.autocommit:
+        conn.commit()
+    if row is not None and row[0] != fingerprint:
+        raise WrongIdentityKey(
+            f"the identity key (fingerprint {fingerprint}) is not the one this database's emails and phones were "
+            f"hashed under (fingerprint {row[0]}): every process of one database needs the same "
+            "RAPPORT_IDENTITY_KEY or RAPPORT_IDENTITY_KEY_FILE")
 
 
 @dataclass

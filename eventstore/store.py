@@ -9,7 +9,7 @@ ingest counters of each partition. A crash at any instant leaves either all of i
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -17,11 +17,11 @@ from uuid import UUID
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent, Tracking
+from eventsourcing.persistence import IntegrityError, InterfaceError, Mapper, OperationalError, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from psycopg.sql import SQL, Identifier
 
-from eventstore import chain, checkpoints, identity, tables
+from eventstore import chain, checkpoints, identity, sealing, tables
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,8 @@ class InteractionRecorder(PostgresProcessRecorder):
             *checkpoints.create_statements(self.datastore.schema),
             # Who is who (eventstore/identity.py), written with the events that say it.
             *identity.create_statements(self.datastore.schema),
+            # The keys personal data are sealed with (eventstore/sealing.py).
+            *sealing.create_statements(self.datastore.schema),
         ]
         self.identity = identity.IdentityTables(self.datastore.schema)
 
@@ -135,8 +137,17 @@ class InteractionRecorder(PostgresProcessRecorder):
         dead_letters: Sequence[DeadLetterRow] = (),
         counters: Sequence[PartitionCounts] = (),
         identity_writes: identity.IdentityWrites | None = None,
+        sealed_with: dict[UUID, str] | None = None,
+        before: Callable[[Any], None] | None = None,
         **kwargs: Any,
     ) -> None:
+        if before is not None:
+            before(curs)  # the caller's own statements, first in the transaction (an erasure's: services.privacy)
+        if sealed_with:
+            stale = sealing.stale_keys(curs, self.datastore.schema, sealed_with)
+            if stale:
+                raise IntegrityError(f"the personal-data key of {len(stale)} stream(s) was destroyed (a customer "
+                                     "forgotten) while the batch was sealed; sealing again")
         if identity_writes:
             # First: it raises IdentityConflict if a customer it was decided from changed meanwhile.
             self.identity.write(curs, identity_writes)
@@ -342,6 +353,11 @@ class InteractionLog(Application[UUID]):
         self._heads: dict[UUID, tuple[int, bytes]] = {}
         self._versions_kept = max(versions_kept, 0)  # 0: read every head from the store
 
+    def construct_mapper(self) -> Mapper[UUID]:
+        """The library's mapper, sealing interactions' personal fields under their streams' keys."""
+        self.stream_keys = sealing.StreamKeys(self.factory.datastore)  # type: ignore[attr-defined]
+        return sealing.SealingMapper(self.construct_transcoder(), self.stream_keys)
+
     def construct_recorder(self) -> InteractionRecorder:  # type: ignore[override]
         factory = self.factory
         if not isinstance(factory, PostgresFactory):
@@ -376,8 +392,13 @@ class InteractionLog(Application[UUID]):
     def record(self, events: Sequence[DomainEventProtocol[UUID]], **rows: Any) -> None:
         """Store new facts and Rapport's rows of the batch in one transaction (eventsourcing's
         event store and recorder), each linked to its stream's hash chain, then remember each
-        stream's new head."""
-        stored = [self.mapper.to_stored_event(event) for event in events]
+        stream's new head. Interactions' personal fields are sealed under their streams' keys, checked
+        in the transaction to be the keys in force (an erasure may destroy one meanwhile)."""
+        mapper = self.mapper
+        assert isinstance(mapper, sealing.SealingMapper)
+        mapper.sealing = self.stream_keys.for_sealing(
+            {e.originator_id for e in events if sealing.is_interaction_event(e)})
+        stored = [mapper.to_stored_event(event) for event in events]
         heads = self._heads
         misses = list({e.originator_id for e in stored if e.originator_id not in heads})
         if misses:
@@ -385,7 +406,8 @@ class InteractionLog(Application[UUID]):
         last_hashes = {customer_id: heads[customer_id][1] for customer_id in {e.originator_id for e in stored}
                        if customer_id in heads}
         hashes = link_all(stored, last_hashes)
-        self.recorder.insert_events(stored, chain_hashes=hashes, **rows)
+        sealed_with = {stream: key.key_id for stream, key in mapper.sealing.items()}
+        self.recorder.insert_events(stored, chain_hashes=hashes, sealed_with=sealed_with, **rows)
         for event, hash_ in zip(stored, hashes, strict=True):  # in stream order: the last one is the head
             heads.pop(event.originator_id, None)  # re-inserted: the dict stays in order of use
             heads[event.originator_id] = (event.originator_version, hash_)
@@ -396,8 +418,9 @@ class InteractionLog(Application[UUID]):
 
     def forget_stream_versions(self) -> None:
         """After a failed save the remembered heads may be ahead of the store (or, after a
-        rebalance, behind it): read them again."""
+        rebalance, behind it): read them again, and the streams' keys too (one may have been destroyed)."""
         self._heads.clear()
+        self.stream_keys.forget()
 
 
 def store_env(database: Mapping[str, str]) -> dict[str, str]:

@@ -19,3 +19,6 @@ IDENTIFIERS = "rapport_identifiers"  # each identifier's customer now, and its o
 IDENTITY_CUSTOMERS = "rapport_identity_customers"  # every customer id there is or was: version, merged_into
 IDENTITY_SEPARATIONS = "rapport_identity_separations"  # operators' unmerges in force
 IDENTITY_REFUSALS = "rapport_identity_refusals"  # links refused, by anchor and other identifier
+IDENTITY_KEY = "rapport_identity_key"  # the fingerprint of the key emails and phones are hashed under
+# Personal data (eventstore/sealing.py): each stream's key; destroying it erases the stream's personal fields.
+STREAM_KEYS = "rapport_stream_keys"

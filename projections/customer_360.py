@@ -10,7 +10,9 @@ The lifecycle stage comes from the `lifecycle` read model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 from domain.contract import EVENT_TYPES
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer
@@ -123,6 +125,11 @@ class Customer360(MergeReadModel):
     views = VIEWS
     handlers = {cls: "on_interaction" for cls in TYPE_BY_EVENT_CLASS}
     decimal_context = MONEY_CONTEXT  # sums of bounded amounts stay exact
+
+    def redact(self, curs: Any, customers: Sequence[str]) -> None:
+        curs.execute(f"UPDATE {self.t(CUSTOMERS.name)} SET name = NULL, name_at = NULL, name_event_id = NULL, "  # noqa: S608 - names from constants and the checked schema
+                     "emails = '{}', phones = '{}' "
+                     "WHERE customer_id = ANY(%s)", (list(customers),))
 
     def on_interaction(self, event: Customer.Interaction, rows: Rows) -> None:
         event_type = TYPE_BY_EVENT_CLASS[type(event)]

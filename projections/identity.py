@@ -94,7 +94,15 @@ class IdentityBatch:
     def add(self, events: Sequence[Any]) -> None:
         start = 0
         for i, event in enumerate(events):
-            if type(event) in _CHANGES:
+            if type(event) is Customer.Forgotten:
+                # What came before is written, then the customer's personal data removed: an erasure
+                # (services.privacy) did it at once; here it holds for rows written since, and on rebuilds.
+                self._add(events[start:i])
+                self.inner.finish()
+                self.model.redact(self.curs, [event.customer_id])
+                self.inner = self.model.batch(self.curs)
+                start = i + 1
+            elif type(event) in _CHANGES:
                 self._add(events[start:i])
                 self.inner.finish()
                 refold(self.model, self.curs, changed_customers(event), self.position_of(self.curs, event),

@@ -25,6 +25,9 @@ from eventsourcing.utils import resolve_topic
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
+from domain.customer import Customer
+from eventstore.sealing import SEALED, open_state
+
 Page = list[tuple[Notification, Any]]
 _TYPED = b'"_type_":'
 _SLOW: None = None
@@ -39,6 +42,9 @@ class LogPages:
         self._short = (isinstance(transcoder, JSONTranscoder) and mapper.cipher is None
                        and mapper.compressor is None)
         self._transcodings = transcoder.names if isinstance(transcoder, JSONTranscoder) else {}
+        # The streams' keys of the store's mapper; a mapper without them cannot open sealed fields.
+        self._keys = getattr(mapper, "keys", None)
+        self._short = self._short and self._keys is not None
         self._classes: dict[tuple[str, type], tuple[type, Callable[[Any], Any], int] | None] = {}
         datastore = getattr(source, "datastore", None)
         table = getattr(source, "events_table_name", None)
@@ -124,12 +130,16 @@ class LogPages:
             return _SLOW  # typed values deeper down: the transcoder walks the whole tree
         state["originator_id"] = convert_id(notification.originator_id)
         state["originator_version"] = notification.originator_version
+        if SEALED in state:  # an interaction's personal fields, opened as the mapper opens them
+            open_state(state, self._keys, state["originator_id"], notification.originator_version, self.mapper.transcoder)
         stored_version = state.pop("class_version", 1)  # the mapper's upcasting, step for step
         while stored_version < class_version:
             getattr(cls, f"upcast_v{stored_version}_v{stored_version + 1}")(state)
             stored_version += 1
         event = object.__new__(cls)
         object.__setattr__(event, "__dict__", state)
+        if cls is Customer.Forgotten:  # as the mapper does: later boxes under its keys stay closed
+            self._keys.destroyed(state["originator_id"], state["key_ids"])
         return event
 
     @staticmethod

@@ -13,6 +13,7 @@ at construction: the live one, or a side schema where a rebuild builds a fresh c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from domain.lifecycle import LifecycleThresholds
 from projections.identity import Owners
 
 LIVE_SCHEMA = "public"
+# The schemas read models write into are written into SQL as names: only plain ones are taken.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ class Table:
         key order (two writers of one table then lock its rows in the same order)."""
         names = ", ".join(f'"{n}"' for n in self.column_names)
         key = ", ".join(f'"{c}"' for c in self.primary_key)
-        return (f"WITH d AS (DELETE FROM {self.staging(schema)} RETURNING *)\n"
+        return (f"WITH d AS (DELETE FROM {self.staging(schema)} RETURNING *)\n"  # noqa: S608 - names from declarations
                 f"INSERT INTO {qualified(schema, self.name)} AS t ({names})\nSELECT {names} FROM d ORDER BY {key}\n"
                 f"ON CONFLICT ({key}) {on_conflict}")
 
@@ -228,7 +231,7 @@ def _merge_sql(table: Table) -> str:
         elif c.merge is Merge.MAX:
             sets.append(f"{n} = GREATEST(t.{n}, excluded.{n})")
         elif c.merge is Merge.UNION:
-            sets.append(f'{n} = ARRAY(SELECT DISTINCT v COLLATE "C" FROM unnest(t.{n} || excluded.{n}) v ORDER BY 1)')
+            sets.append(f'{n} = ARRAY(SELECT DISTINCT v COLLATE "C" FROM unnest(t.{n} || excluded.{n}) v ORDER BY 1)')  # noqa: S608 - names from declarations
         elif c.merge is Merge.LATEST:
             groups.setdefault(c.group, []).append(c.name)
     for group, names in groups.items():
@@ -236,7 +239,7 @@ def _merge_sql(table: Table) -> str:
         picks = ", ".join(f'CASE WHEN newer THEN excluded."{c}" ELSE t."{c}" END' for c in names)
         targets = ", ".join(f'"{c}"' for c in names)
         sets.append(
-            f"({targets}) = (SELECT {picks} FROM (SELECT excluded.{at} IS NOT NULL AND "
+            f"({targets}) = (SELECT {picks} FROM (SELECT excluded.{at} IS NOT NULL AND "  # noqa: S608 - names from declarations
             f"(t.{at} IS NULL OR (excluded.{at}, excluded.{event_id}) > (t.{at}, t.{event_id})) AS newer) n)"
         )
     return "DO UPDATE SET\n  " + ",\n  ".join(sets) if sets else "DO NOTHING"
@@ -338,6 +341,9 @@ class ReadModel:
     views: ClassVar[tuple[View, ...]] = ()
 
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
+        if not SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"schema {schema!r} is not a plain schema name (lower-case letters, digits and _, "
+                             "not starting with a digit, at most 63)")
         self.schema = schema
         self.settings = settings or ModelSettings()
         self.owners = Owners()  # whose each interaction is (projections/identity.py)
@@ -357,6 +363,10 @@ class ReadModel:
         """Remove every row of these customers, and what they added to rows shared with others,
         as if none of their events had been applied (an identity change refolds them)."""
         raise NotImplementedError
+
+    def redact(self, curs: Any, customers: Sequence[str]) -> None:
+        """Remove the personal data (`domain.personal`) from these customers' rows: they asked to be
+        forgotten. Counts, times, amounts and scores stay. Nothing to do for a model that holds none."""
 
     def batch(self, curs: Any) -> Batch:
         """Many pages applied as one, in the caller's transaction: `add` each page, then `finish`.
@@ -471,7 +481,7 @@ class MergeReadModel(ReadModel):
         # Every merge table is keyed by customer first.
         for table in self.tables:
             assert table.primary_key[0] == "customer_id", table.name
-            curs.execute(f"DELETE FROM {self.t(table.name)} WHERE customer_id = ANY(%s)", (list(customers),))
+            curs.execute(f"DELETE FROM {self.t(table.name)} WHERE customer_id = ANY(%s)", (list(customers),))  # noqa: S608 - names from constants
 
     def _finish(self, curs: Any, merged: MergeState) -> None:
         for name, table_merged in merged.items():

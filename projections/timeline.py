@@ -18,6 +18,7 @@ import orjson
 from psycopg.types.json import Jsonb
 
 from domain.customer import TYPE_BY_EVENT_CLASS
+from domain.personal import NOT_PERSONAL_DATA
 from projections.readmodel import LIVE_SCHEMA, Column, ModelSettings, ReadModel, Table, View, key
 
 NAME = "timeline"
@@ -66,5 +67,14 @@ class Timeline(ReadModel):
         if rows:
             EVENTS.copy(curs, self.schema, rows)
 
+    def redact(self, curs: Any, customers: Sequence[str]) -> None:
+        """Each event's data keeps only the fields known to be no one's personal data (`domain.personal`)."""
+        types = list(NOT_PERSONAL_DATA)
+        kept = " ".join("WHEN %s THEN %s::text[]" for _ in types)
+        curs.execute(
+            f"UPDATE {self.t(EVENTS.name)} AS t SET data = (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{{}}') "  # noqa: S608 - names from constants and the checked schema
+            f"FROM jsonb_each(t.data) AS e WHERE e.key = ANY(CASE t.type {kept} END)) WHERE customer_id = ANY(%s)",
+            (*(value for t in types for value in (t, sorted(NOT_PERSONAL_DATA[t]))), list(customers)))
+
     def forget_customers(self, curs: Any, customers: Sequence[str]) -> None:
-        curs.execute(f"DELETE FROM {self.t(EVENTS.name)} WHERE customer_id = ANY(%s)", (list(customers),))
+        curs.execute(f"DELETE FROM {self.t(EVENTS.name)} WHERE customer_id = ANY(%s)", (list(customers),))  # noqa: S608 - names from constants and the checked schema

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from domain.contract import utc_now
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer, customer_id_for
 from eventstore import audit, chain
+from eventstore.sealing import OnConnection, SealingMapper, StreamKeys
 from eventstore.transcoder import FastJSONTranscoder
 from projections.point_in_time import PointInTime, PointInTimeViews
 from projections.readmodel import ModelSettings
@@ -45,17 +46,25 @@ def customer_events(conn: Any, customer_id: str, after: int = 0, limit: int | No
         return None
     previous = audit.hash_before(conn, rows[0]) if rows else None
     items = []
+    mapper = opening_mapper(conn)
     for row in rows:
-        items.append(event_item(row, decoded(row), previous))
+        items.append(event_item(row, decoded(row, mapper), previous))
         previous = row.hash
     return items
 
 
-def decoded(row: audit.StoredRow) -> Any:
-    """The domain event of a stored row (old class versions upcast), or the error if it does not
-    decode (an altered row may not)."""
+def opening_mapper(conn: Any) -> Mapper[UUID]:
+    """`event_mapper`, opening interactions' sealed personal fields with the keys read on `conn`
+    (those of a forgotten customer are gone: its events read without them)."""
+    return SealingMapper(event_mapper().transcoder, StreamKeys(OnConnection(conn)))
+
+
+def decoded(row: audit.StoredRow, mapper: Mapper[UUID] | None = None) -> Any:
+    """The domain event of a stored row (old class versions upcast, personal fields opened if
+    `mapper` can), or the error if it does not decode (an altered row may not)."""
     try:
-        return event_mapper().to_domain_event(StoredEvent(row.originator_id, row.position, row.topic, row.state))
+        return (mapper or event_mapper()).to_domain_event(StoredEvent(row.originator_id, row.position, row.topic,
+                                                                      row.state))
     except Exception as error:  # noqa: BLE001 - shown to the auditor, with the row
         return error
 
@@ -82,6 +91,9 @@ def event_item(row: audit.StoredRow, event: Any, previous_hash: bytes | None) ->
             item.update(type=IDENTITY_TYPES[type(event)], event_id=event.cause_event_id,
                         occurred_at=rfc3339(event.cause_occurred_at),
                         data={k: v for k, v in vars(event).items() if k not in _NOT_DATA})
+        elif isinstance(event, Customer.Forgotten):  # an erasure (issue 15): the keys destroyed, and why
+            item.update(type="forgotten", data={"customer_id": event.customer_id, "key_ids": event.key_ids,
+                                                "reason": event.reason})
         else:  # the stream's first event registers the customer
             item["type"] = "registered"
     item["hash"] = row.hash.hex() if row.hash is not None else None
@@ -114,8 +126,9 @@ def export(conn: Any, store: Any, settings: Any, customer_id: str, point: PointI
     if not rows:
         return None
     items, included, previous = [], [], None
+    mapper = opening_mapper(conn)
     for row in rows:
-        event = decoded(row)
+        event = decoded(row, mapper)
         admitted = isinstance(event, Customer.Interaction) and point.admits(event)
         if admitted:
             included.append(event)

@@ -130,8 +130,9 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from projections.point_in_time import PointInTime
     from services import audit
     from services.bootstrap import interaction_log, read_pool
-    from services.http import params
+    from services.http import identity, params
 
+    identity.name_identifiers_with(settings.matching_key(), settings.default_phone_region)  # as the API's view does
     try:
         as_of = params.instant_if_given("as_of", args.as_of)
         known_at = params.instant_if_given("known_at", args.known_at)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import select
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,6 +16,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from consumers.ingest import DeadLetterPublisher, IngestConsumer, kafka_consumer, kafka_producer
+from domain.identity import key_fingerprint
+from eventstore.identity import check_identity_key
 from eventstore.store import InteractionLog, store_env
 from projections.catalog import READ_MODELS
 from projections.readmodel import LIVE_SCHEMA, ModelSettings, ReadModel
@@ -34,11 +40,23 @@ def check_database(settings: Settings) -> None:
         with psycopg.connect(conninfo(settings), connect_timeout=5) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
+        tls = f" (sslmode {db['sslmode']})" if "sslmode" in db else ""
         raise ServiceUnavailable(
-            f"cannot use PostgreSQL database {db['dbname']!r} at {db['host']}:{db['port']} as user "
-            f"{db['user']!r}: {str(error).strip()}\n"
-            "Start the local stack with `scripts/stack up`, or set RAPPORT_DATABASE_URL."
+            f"cannot use PostgreSQL database {db['dbname']!r} at {db['host']}:{db['port']}{tls} as user "
+            f"{db['user']!r}: {str(error).strip()}\n{_database_fix(str(error))}"
         ) from None
+
+
+def _database_fix(error: str) -> str:
+    """What to do about a failed connection, from libpq's message."""
+    if "certificate verify failed" in error or "does not match host name" in error or "root certificate" in error:
+        return ("Set RAPPORT_DATABASE_SSLROOTCERT to the CA that signed the server's certificate (with sslmode "
+                "verify-full the certificate must also name the host of RAPPORT_DATABASE_URL).")
+    if "password authentication failed" in error:
+        return "Check the user and password: RAPPORT_DATABASE_URL, RAPPORT_DATABASE_PASSWORD (or _FILE)."
+    if "SSL" in error or "certificate" in error:
+        return "Check RAPPORT_DATABASE_SSLMODE and the certificate files (RAPPORT_DATABASE_SSLCERT, _SSLKEY)."
+    return "Start the local stack with `scripts/stack up`, or set RAPPORT_DATABASE_URL."
 
 
 # Any constant: processes starting together (ingest, projector, API) create tables one at a
@@ -57,24 +75,30 @@ def schema_lock(settings: Settings) -> Iterator[None]:
 
 
 def check_kafka(settings: Settings, topics: list[str] | None = None) -> None:
-    """Fail fast and clearly when Kafka does not answer or a topic is missing."""
-    import logging
-
+    """Fail fast and clearly when Kafka does not answer, refuses the user or the certificate, or a
+    topic is missing."""
     from kafka.admin import KafkaAdminClient
 
+    # kafka-python retries until its timeout and then says only "Unable to bootstrap"; why (a refused
+    # password, an unknown CA) is in its log lines, which are kept here, off the log, to explain it.
+    # One check at a time changes the logger (API request threads), so that each restores it as it was.
     kafka_log = logging.getLogger("kafka")
-    level = kafka_log.level
-    kafka_log.setLevel(logging.CRITICAL)  # its retry lines would bury the one message below
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers, client_id="rapport-check",
-                                 request_timeout_ms=5000, bootstrap_timeout_ms=5000)
-    except Exception as error:  # noqa: BLE001 - kafka-python raises several kinds
-        raise ServiceUnavailable(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: {error}\n"
-            "Start the local stack with `scripts/stack up`, or set RAPPORT_KAFKA_BOOTSTRAP."
-        ) from None
-    finally:
-        kafka_log.setLevel(level)
+    lines = _KeptLines()
+    with _KAFKA_CHECK:
+        level, propagate = kafka_log.level, kafka_log.propagate
+        kafka_log.setLevel(logging.WARNING)
+        kafka_log.propagate = False
+        kafka_log.addHandler(lines)
+        try:
+            admin = KafkaAdminClient(**settings.kafka_client_config, client_id="rapport-check",
+                                     request_timeout_ms=5000, bootstrap_timeout_ms=5000)
+        except Exception as error:  # noqa: BLE001 - kafka-python raises several kinds
+            raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_description}: "
+                                     f"{_kafka_failure(error, lines.messages, settings.kafka_security_protocol)}") from None
+        finally:
+            kafka_log.removeHandler(lines)
+            kafka_log.setLevel(level)
+            kafka_log.propagate = propagate
     try:
         existing = set(admin.list_topics())
     finally:
@@ -87,19 +111,101 @@ def check_kafka(settings: Settings, topics: list[str] | None = None) -> None:
         )
 
 
+_KAFKA_CHECK = threading.Lock()
+
+
+class _KeptLines(logging.Handler):
+    """kafka-python's warnings while one check runs (they name no secret)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.messages) < 200:
+            self.messages.append(record.getMessage())
+
+
+_SASL_FIX = "check RAPPORT_KAFKA_SASL_USERNAME, RAPPORT_KAFKA_SASL_PASSWORD (or _FILE) and RAPPORT_KAFKA_SASL_MECHANISM"
+# What kafka-python's log lines say when it could not connect, and what to do about it.
+_KAFKA_FAILURES = [
+    (re.compile(r"SaslAuthenticationFailed|Authentication failed", re.I), _SASL_FIX + "."),
+    (re.compile(r"UnsupportedSaslMechanism", re.I), "set RAPPORT_KAFKA_SASL_MECHANISM to one the broker's listener enables."),
+    (re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed", re.I),
+     "set RAPPORT_KAFKA_SSL_CAFILE to the CA that signed the brokers' certificates (and check that they name the "
+     "host in RAPPORT_KAFKA_BOOTSTRAP)."),
+    (re.compile(r"Handshake failed|\[SSL", re.I),
+     "check RAPPORT_KAFKA_SECURITY_PROTOCOL: the listener at RAPPORT_KAFKA_BOOTSTRAP must speak it."),
+    (re.compile(r"ECONNREFUSED|Connection refused", re.I),
+     "start the local stack with `scripts/stack up`, or set RAPPORT_KAFKA_BOOTSTRAP to where the brokers listen."),
+]
+
+
+def _kafka_failure(error: Exception, messages: list[str], protocol: str) -> str:
+    """Why kafka-python could not connect, from its log lines when they say, and the fix."""
+    for pattern, fix in _KAFKA_FAILURES:
+        for message in reversed(messages):
+            if pattern.search(message):
+                reason = re.sub(r"\s*\(backoff [^)]*\)$", "", message.split("failed: ", 1)[-1]).strip()
+                return f"{reason}\nTo fix it, {fix}"
+    if protocol.startswith("SASL_") and any("socket disconnected" in message for message in messages):
+        # A broker that refuses the user answers and closes at once; kafka-python often reports only the
+        # closed socket (it drops an answer that arrives with the close).
+        return ("the broker closed each connection while it was being set up, as it does when it refuses the user "
+                f"or password, or when the listener speaks another protocol\nTo fix it, {_SASL_FIX}, and that the "
+                "listener at RAPPORT_KAFKA_BOOTSTRAP speaks RAPPORT_KAFKA_SECURITY_PROTOCOL.")
+    return (f"{error}\nStart the local stack with `scripts/stack up`, or set RAPPORT_KAFKA_BOOTSTRAP "
+            "(and RAPPORT_KAFKA_SECURITY_PROTOCOL for its listener).")
+
+
 def ensure_schema(settings: Settings) -> None:
-    """Create the event store's and the read models' tables if missing (API start-up)."""
+    """Create the event store's, the read models' and the access tables if missing (API start-up)."""
     store = interaction_log(settings)
     try:
         projector(settings, store)
     finally:
         store.close()
+    ensure_access_tables(settings)
+
+
+def ensure_access_tables(settings: Settings) -> None:
+    """The API keys' and the access log's tables (services.access), if missing."""
+    from services import access
+
+    with schema_lock(settings), psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        access.create_tables(conn)
 
 
 def interaction_log(settings: Settings) -> InteractionLog:
     check_database(settings)
     with schema_lock(settings):
-        return InteractionLog(env=store_env(settings.database), versions_kept=settings.aggregate_cache_size)
+        store = InteractionLog(env=event_store_env(settings), versions_kept=settings.aggregate_cache_size)
+    # Every process that writes or reads identities uses the key the database's were hashed under.
+    with store.interactions.datastore.get_connection() as conn:
+        check_identity_key(conn, key_fingerprint(settings.matching_key()))
+    return store
+
+
+# libpq variables this process set for the event store (event_store_env), and their values.
+_exported_libpq: dict[str, str] = {}
+
+
+def event_store_env(settings: Settings) -> dict[str, str]:
+    """The event store's eventsourcing environment (`store_env`) for these settings.
+
+    eventsourcing's PostgresDatastore passes only dbname, host, port, user and password to psycopg;
+    it has no TLS setting (eventsourcing 9.5.6). Its connections get TLS the way libpq supports for
+    any connection: from the environment variables PGSSLMODE, PGSSLROOTCERT, PGSSLCERT and PGSSLKEY,
+    set here for this process. Our own connections (`conninfo`) name the same values explicitly.
+    Variables set for earlier settings without TLS are removed again (tests use both in one process)."""
+    wanted = settings.libpq_tls_environment
+    for key, value in _exported_libpq.items():
+        if key not in wanted and os.environ.get(key) == value:
+            del os.environ[key]
+    os.environ.update(wanted)
+    _exported_libpq.clear()
+    _exported_libpq.update(wanted)
+    return store_env(settings.database)
 
 
 def ingest_consumer(settings: Settings, store: InteractionLog | None = None, **consumer_overrides: Any) -> IngestConsumer:
@@ -108,13 +214,14 @@ def ingest_consumer(settings: Settings, store: InteractionLog | None = None, **c
     return IngestConsumer(
         store=store,
         consumer=kafka_consumer(
-            settings.kafka_servers, settings.consumer_group, settings.ingest_max_poll_records, **consumer_overrides
+            settings.kafka_client_config, settings.consumer_group, settings.ingest_max_poll_records, **consumer_overrides
         ),
-        dead_letters=DeadLetterPublisher(kafka_producer(settings.kafka_servers), settings.dead_letter_topic),
+        dead_letters=DeadLetterPublisher(kafka_producer(settings.kafka_client_config), settings.dead_letter_topic),
         topic=settings.topic,
         poll_timeout_ms=settings.ingest_poll_timeout_ms,
         max_poll_records=settings.ingest_max_poll_records,
         phone_region=settings.default_phone_region,
+        identity_key=settings.matching_key(),
     )
 
 

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from projections.catalog import READ_MODELS
-from services import audit_cli, customers_cli, projections_cli
+from services import audit_cli, customers_cli, keys_cli, projections_cli
 from services.settings import Settings, describe_settings_errors, settings_help
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
     check_kafka(settings)
 
-    ensure_topics(settings.kafka_servers, settings.topic, settings.dead_letter_topic, partitions=args.partitions)
+    ensure_topics(settings.kafka_client_config, settings.topic, settings.dead_letter_topic, partitions=args.partitions)
     print(f"topics ready: {settings.topic}, {settings.dead_letter_topic}")
     return 0
 
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cli.add_parser(sub, epilog)
 
     customers_cli.add_parser(sub, epilog)
+    keys_cli.add_parser(sub, epilog)
 
     p = sub.add_parser("api", help="serve the HTTP API (OpenAPI page at /docs)",
                        description="Serves GET /customers/{id}, POST /events, GET /health and GET /projections.",

@@ -13,7 +13,7 @@ EXIT_REFUSED = 2
 
 def add_parser(sub: Any, epilog: str) -> None:
     p = sub.add_parser(
-        "customers", help="identity corrections: unmerge a wrong merge, allow a link again",
+        "customers", help="identity corrections (unmerge, allow) and erasure (forget)",
         description="Customers are sets of identifiers (account id, emails, phones) linked by their events. "
         "These commands correct a link an operator knows to be wrong, as events on the customers' streams; "
         "every read model follows.", epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +31,40 @@ def add_parser(sub: Any, epilog: str) -> None:
             a.add_argument("--reason", default="", help="why, kept with the separation (e.g. a ticket number)")
         a.add_argument("--json", action="store_true", help="print what moved as JSON")
         a.set_defaults(func=cmd_correct)
+    f = actions.add_parser(
+        "forget", help="forget a customer (GDPR art. 17): its personal data, everywhere, for good",
+        description="Destroy the keys the customer's personal fields (name, email, phone, free text, unknown fields) "
+        "were sealed with, record the erasure on its streams and remove them from every read model, the point-in-time "
+        "caches and the dead letters that name it. Counts, revenue, scores, lifecycle and the hash chains stay "
+        "(`rapport audit verify` still holds). Cannot be undone. Kafka's own copy of the messages is its topics' "
+        "retention's to remove (README, Privacy).")
+    f.add_argument("customer", metavar="ID", help="the customer's id (GET /customers/{id} gives it)")
+    f.add_argument("--reason", default="", help="why, kept with the erasure (e.g. the request's ticket number)")
+    f.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="wait this long for the projector to pass the erasure (default 30)")
+    f.add_argument("--json", action="store_true", help="print what was done as JSON")
+    f.set_defaults(func=cmd_forget)
+
+
+def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    from services import privacy
+    from services.bootstrap import interaction_log
+
+    store = interaction_log(settings)
+    try:
+        done = privacy.forget(store, settings, args.customer, args.reason, wait_seconds=args.wait)
+    except privacy.ForgetRequestError as error:
+        print(f"rapport customers forget: {error}")
+        return EXIT_REFUSED
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(done.as_json(), indent=2))
+        return 0
+    print(f"forgot {done.customer_id}: {done.keys_destroyed} key(s) destroyed over {len(done.streams)} stream(s); "
+          f"{done.dead_letters_erased} dead letter(s) erased; read models "
+          + ("caught up" if done.read_models_done else "redacted now, and again when the projector reaches the erasure"))
+    return 0
 
 
 def cmd_correct(args: argparse.Namespace, settings: Settings) -> int:
@@ -40,9 +74,11 @@ def cmd_correct(args: argparse.Namespace, settings: Settings) -> int:
     store = interaction_log(settings)
     try:
         if args.action == "unmerge":
-            done = identities.unmerge(store, args.customer, args.identifier, settings.default_phone_region, args.reason)
+            done = identities.unmerge(store, args.customer, args.identifier, settings.default_phone_region, args.reason,
+                                      key=settings.matching_key())
         else:
-            done = identities.allow(store, args.customer, args.identifier, settings.default_phone_region)
+            done = identities.allow(store, args.customer, args.identifier, settings.default_phone_region,
+                                    key=settings.matching_key())
     except identities.IdentityRequestError as error:
         print(f"rapport customers {args.action}: {error}")
         return EXIT_REFUSED

@@ -32,7 +32,7 @@ def _say(message: str) -> None:
 
 
 def publish(settings: Settings, messages: list[Any]) -> None:
-    producer = kafka_producer(settings.kafka_servers)
+    producer = kafka_producer(settings.kafka_client_config)
     with tqdm(total=len(messages), desc="publishing to Kafka", unit="msg", file=sys.stderr) as bar:
         for i, message in enumerate(messages):
             producer.send(settings.topic, key=message.key, value=message.value)
@@ -44,7 +44,7 @@ def publish(settings: Settings, messages: list[Any]) -> None:
 
 
 def end_offsets(settings: Settings) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers)
+    consumer = KafkaConsumer(**settings.kafka_client_config)
     try:
         partitions = [TopicPartition(settings.topic, p) for p in consumer.partitions_for_topic(settings.topic) or []]
         return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
@@ -68,13 +68,32 @@ def _wait(bar_desc: str, total: int, progress: Any, processes: Processes, timeou
             time.sleep(0.3)
 
 
+DEMO_ROLES = ("producer", "analyst", "auditor")
+
+
+def _demo_key(settings: Settings) -> str:
+    """A key for the demo's requests and the commands it prints (a new one each run: keys are shown once)."""
+    import psycopg
+
+    from services import access
+    from services.bootstrap import conninfo, ensure_access_tables
+
+    ensure_access_tables(settings)
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        return access.create_key(conn, f"demo {utc_now():%Y-%m-%d %H:%M}", DEMO_ROLES)[1]
+
+
+_KEY: dict[str, str] = {}  # the demo's key, sent by `_get_json`
+
+
 def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own localhost API
+    request = urllib.request.Request(url, headers={"X-API-Key": _KEY["key"]} if "key" in _KEY else {})
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our own localhost API
         return json.loads(response.read())
 
 
 def run_demo(settings: Settings, customers: int, events: int, seed: int, republish: bool, serve: bool) -> int:
-    ensure_topics(settings.kafka_servers, settings.topic, settings.dead_letter_topic)
+    ensure_topics(settings.kafka_client_config, settings.topic, settings.dead_letter_topic)
     store = interaction_log(settings)
     in_topic = sum(end_offsets(settings).values())
     in_store = store.recorder.max_notification_id() or 0
@@ -118,6 +137,7 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
         _wait(f"read models ({', '.join(runner.names)})", head, projected, processes)
         sample = (data.sample_customer_ids[0] if data else None) or _any_customer(store)
         _wait_for_api(base, processes)
+        _KEY["key"] = _demo_key(settings)
         _print_where_to_look(settings, store, base, sample)
         if not serve:
             return 0
@@ -135,8 +155,8 @@ def _print_audit(base: str, sample: str, customer: str) -> None:
         was = "not a customer yet then"
     verified = _get_json(f"{base}/audit/verify")
     quoted = urllib.parse.quote(sample)
-    _say(f"  as it was:    curl '{customer}?as_of={then}'   ({was}); what we knew: ?known_at=…")
-    _say(f"  its chain:    curl {base}/audit/customers/{quoted}/events   verify all: curl {base}/audit/verify   "
+    _say(f"  as it was:    curl $K '{customer}?as_of={then}'   ({was}); what we knew: ?known_at=…")
+    _say(f"  its chain:    curl $K {base}/audit/customers/{quoted}/events   verify all: curl $K {base}/audit/verify   "
          f"({verified['events_checked']} events checked, "
          + ("every chain holds)" if verified["ok"] else f"{len(verified['broken'])} broken)"))
     _say(f"  evidence:     .venv/bin/rapport audit export {sample} --as-of {then} -o evidence.jsonl   "
@@ -155,11 +175,11 @@ def _print_identity(base: str) -> None:
     except urllib.error.HTTPError:
         return  # the story was not published (an event store the demo did not fill)
     counts = person["interaction_counts"]
-    _say(f"  one person:   curl '{base}/customers/lookup?phone={phone}'   ({person['customer_id']}: a call and a survey "
+    _say(f"  one person:   curl $K '{base}/customers/lookup?phone={phone}'   ({person['customer_id']}: a call and a survey "
          f"by phone, an email, a purchase by account: {sum(counts.values())} interactions, identifiers "
          f"{', '.join(person['identity']['identifiers'])})")
     refused = household["identity"]["refused_links"]
-    _say(f"  household:    curl {base}/customers/{HOUSEHOLD[1]}   ("
+    _say(f"  household:    curl $K {base}/customers/{HOUSEHOLD[1]}   ("
          + (f"{refused[0]['identifier']} stays {refused[0]['owner']}'s: {refused[0]['reason']})" if refused else "—)"))
     _say(f"  undo a merge: .venv/bin/rapport customers unmerge {person['customer_id']} --identifier "
          f"phone:{PERSON['phone'].replace(' ', '')}   (and `allow` to link them again; POST /customers/{{id}}/unmerge)")
@@ -172,7 +192,7 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
     alarms = _get_json(f"{base}/satisfaction/alarms?limit=500")["items"]
     with store.factory.datastore.get_connection() as conn:
         counts = conn.execute(
-            f"SELECT (SELECT count(*) FROM {tables.EVENT_IDS}) AS events, "
+            f"SELECT (SELECT count(*) FROM {tables.EVENT_IDS}) AS events, "  # noqa: S608 - names from constants
             f"(SELECT count(*) FROM {tables.DEAD_LETTERS}) AS dead, "
             f"(SELECT count(*) FROM {customer_360.CUSTOMERS.name}) AS customers"
         ).fetchone()
@@ -182,22 +202,30 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
     _say(f"Rapport is running: {counts['events']} events of {counts['customers']} customers stored, "
          f"{counts['dead']} messages dead-lettered to {settings.dead_letter_topic} (reasons in SQL table "
          f"{tables.DEAD_LETTERS}); duplicates ignored.")
-    _say(f"  a customer:   curl {customer}")
+    _say(f"  your key:     export RAPPORT_KEY={_KEY['key']}   (roles {', '.join(DEMO_ROLES)}; made now with "
+         "`rapport keys create`, shown once; every route but /health needs one)")
+    _say('                K="-H X-API-Key:$RAPPORT_KEY"   (the commands below send it with $K; '
+         '`Authorization: Bearer` works too)')
+    _say(f"  a customer:   curl $K {customer}")
     _say(f"                (stage {view['lifecycle']['stage']} since {view['lifecycle']['since']}, "
          f"{sum(view['interaction_counts'].values())} interactions)")
-    _say(f"  its history:  curl {customer}/lifecycle      its events: curl '{customer}/timeline?limit=20'")
-    _say(f"  stages now:   curl {base}/lifecycle/stages   ({', '.join(f'{k} {v}' for k, v in stages.items())})")
-    _say(f"  flow:         curl '{base}/lifecycle/flow?from=2026-01-01&to=2026-04-01'")
-    _say(f"  NPS trend:    curl '{base}/satisfaction/trend?kind=nps&granularity=month'"
+    _say(f"  its history:  curl $K {customer}/lifecycle      its events: curl $K '{customer}/timeline?limit=20'")
+    _say(f"  stages now:   curl $K {base}/lifecycle/stages   ({', '.join(f'{k} {v}' for k, v in stages.items())})")
+    _say(f"  flow:         curl $K '{base}/lifecycle/flow?from=2026-01-01&to=2026-04-01'")
+    _say(f"  NPS trend:    curl $K '{base}/satisfaction/trend?kind=nps&granularity=month'"
          + (f"   (NPS {latest['nps']} in {latest['period_start'][:7]}; by channel: &channel=phone)" if latest else ""))
-    _say(f"  call back:    curl {base}/satisfaction/alarms   ({len(alarms)}{'+' if len(alarms) == 500 else ''} "
+    _say(f"  call back:    curl $K {base}/satisfaction/alarms   ({len(alarms)}{'+' if len(alarms) == 500 else ''} "
          "customers whose latest answer is an alarm, last 30 days)")
-    _say(f"  revenue:      curl {base}/satisfaction/revenue-by-category")
+    _say(f"  revenue:      curl $K {base}/satisfaction/revenue-by-category")
     _print_audit(base, sample, customer)
     _print_identity(base)
+    _say(f"  privacy:      names, emails, phones and free text are stored sealed under a key per customer; forget one: "
+         f".venv/bin/rapport customers forget {sample} --reason 'request #1'   (or POST /customers/{{id}}/forget with "
+         "an admin key: rapport keys create --name you --role admin)")
+    _say(f"  contract:     curl $K {base}/schema/envelope.json   (JSON Schema of an event; AsyncAPI: contract/asyncapi.yaml)")
     _say(f"  the API:      {base}/docs  (OpenAPI; JSON at {base}/openapi.json)")
-    _say(f"  progress:     curl {base}/projections   metrics: curl {base}/metrics   health: curl {base}/health")
-    _say(f"  SQL:          psql {settings.database_url} -c 'select * from analytics.satisfaction_daily limit 5'")
+    _say(f"  progress:     curl $K {base}/projections   metrics: curl $K {base}/metrics   health: curl {base}/health (no key)")
+    _say(f"  SQL:          psql '{settings.psql_url}' -c 'select * from analytics.satisfaction_daily limit 5'")  # noqa: S608 - a message to print, not SQL
     _say("                (views in schema analytics: \\dv analytics.*; queries in the README)")
     _say(f"  processes:    {settings.ingest_processes} × rapport ingest (RAPPORT_INGEST_PROCESSES), rapport projector, "
          f"rapport api × {settings.api_workers} workers (RAPPORT_API_WORKERS)")
@@ -221,6 +249,6 @@ def _wait_for_api(base: str, processes: Processes, timeout: float = 60) -> None:
 
 def _any_customer(store: Any) -> str:
     with store.factory.datastore.get_connection() as conn:
-        row = conn.execute(f"SELECT customer_id FROM {customer_360.CUSTOMERS.name} "
+        row = conn.execute(f"SELECT customer_id FROM {customer_360.CUSTOMERS.name} "  # noqa: S608 - names from constants
                            "ORDER BY call_count + email_count DESC LIMIT 1").fetchone()
     return str(row["customer_id"]) if row else "unknown"

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
 from consumers.identity import IdentityPlan, plan_from
-from domain.identity import Identifier, Separation, UnreadableIdentifier, resolve
+from domain.customer import Customer
+from domain.identity import Identifier, Separation, UnreadableIdentifier, for_matching, identifier, resolve
 from eventstore.store import InteractionLog
 
 ATTEMPTS = 5
@@ -42,27 +44,49 @@ class Correction:
                 "merged": self.merged}
 
 
-def parse(text: str, region: str) -> Identifier:
+def parse(text: str, region: str, key: bytes | None) -> tuple[Identifier, str]:
+    """The identifier as identity resolution stores it (an email or phone as its keyed hash), and its normal form."""
     try:
-        return Identifier.parse(text, region)
+        plain = Identifier.parse(text, region)
     except UnreadableIdentifier as error:
         raise IdentityRequestError(error.reason) from None
+    return for_matching(plain, key), str(plain)
 
 
-def unmerge(store: InteractionLog, customer_id: str, identifier_text: str, region: str, reason: str = "") -> Correction:
+def names_of(store: InteractionLog, streams: set[UUID], key: bytes | None, region: str) -> dict[str, str]:
+    """Each email and phone the events of these streams carry, as identity keeps it → its normal form: how an
+    operator's correction names what moved (a forgotten customer's stay hashes)."""
+    names: dict[str, str] = {}
+    for stream in streams:
+        for event in store.events.get(stream):
+            if isinstance(event, Customer.Interaction):
+                for kind in ("email", "phone"):
+                    if isinstance(raw := event.customer.get(kind), str):
+                        try:
+                            plain = identifier(kind, raw, region)
+                        except UnreadableIdentifier:
+                            continue
+                        names[str(for_matching(plain, key))] = str(plain)
+    return names
+
+
+def unmerge(store: InteractionLog, customer_id: str, identifier_text: str, region: str, reason: str = "",
+            key: bytes | None = None) -> Correction:
     """Split `identifier` (with what came only through it) off the customer, for good."""
-    wanted = parse(identifier_text, region)
-    return _correct(store, customer_id, wanted, "unmerge", reason)
+    wanted, written = parse(identifier_text, region, key)
+    return _correct(store, customer_id, wanted, "unmerge", reason, written, key, region)
 
 
-def allow(store: InteractionLog, customer_id: str, identifier_text: str, region: str) -> Correction:
+def allow(store: InteractionLog, customer_id: str, identifier_text: str, region: str, key: bytes | None = None
+          ) -> Correction:
     """Lift the separation an unmerge made between `identifier` and the customer: the links events
     made between them count again (a merge, if they still link them)."""
-    wanted = parse(identifier_text, region)
-    return _correct(store, customer_id, wanted, "allow", "")
+    wanted, written = parse(identifier_text, region, key)
+    return _correct(store, customer_id, wanted, "allow", "", written, key, region)
 
 
-def _correct(store: InteractionLog, customer_id: str, wanted: Identifier, action: str, reason: str) -> Correction:
+def _correct(store: InteractionLog, customer_id: str, wanted: Identifier, action: str, reason: str,
+             written: str, key: bytes | None = None, region: str = "US") -> Correction:
     tables = store.interactions.identity
     for attempt in range(1, ATTEMPTS + 1):
         with store.interactions.datastore.get_connection() as conn:
@@ -79,17 +103,17 @@ def _correct(store: InteractionLog, customer_id: str, wanted: Identifier, action
         if action == "unmerge":
             if wanted not in members:
                 owner = state.owners.get(wanted)
-                raise IdentityRequestError(f"{wanted} is not an identifier of customer {customer_id}" + (
+                raise IdentityRequestError(f"{written} is not an identifier of customer {customer_id}" + (
                     f"; it is customer {owner}'s" if owner else "; no customer has it"))
             if wanted == anchor:
                 raise IdentityRequestError(
-                    f"{wanted} is what customer {customer_id} is: its "
+                    f"{written} is what customer {customer_id} is: its "
                     f"{'account id' if wanted.kind == 'id' else 'first identifier'}"
                     "; unmerge the other identifiers from it instead")
             separations_after = [*state.separations, separation]
         else:
             if separation not in state.separations:
-                raise IdentityRequestError(f"{wanted} and customer {customer_id} are not separated (nothing to allow)")
+                raise IdentityRequestError(f"{written} and customer {customer_id} are not separated (nothing to allow)")
             separations_after = [s for s in state.separations if s != separation]
         plan = plan_from(state, [], separations_after)
         if action == "unmerge":
@@ -104,11 +128,16 @@ def _correct(store: InteractionLog, customer_id: str, wanted: Identifier, action
             if attempt == ATTEMPTS:
                 raise
             continue
-        return _summary(plan, separation)
+        streams = set(store.stream_versions(set(state.streams.values())))
+        return _summary(plan, separation, {**names_of(store, streams, key, region), str(wanted): written})
     raise AssertionError("unreachable")
 
 
-def _summary(plan: IdentityPlan, separation: Separation) -> Correction:
+def _summary(plan: IdentityPlan, separation: Separation, names: dict[str, str]) -> Correction:
+    """What was done, the identifier the operator named as they wrote it (others as identity keeps them:
+    an email or phone as its keyed hash)."""
     assert plan.decision is not None
-    return Correction(separation, [([str(x) for x in m.identifiers], m.source, m.target) for m in plan.decision.moves],
-                      dict(plan.decision.merged))
+    named = Separation(*(Identifier(*names[str(x)].partition(':')[::2]) if str(x) in names else x
+                         for x in (separation.a, separation.b)))
+    return Correction(named, [([names.get(str(x), str(x)) for x in m.identifiers], m.source, m.target)
+                              for m in plan.decision.moves], dict(plan.decision.merged))

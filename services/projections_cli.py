@@ -47,7 +47,7 @@ def add_replay_parser(sub: Any, epilog: str) -> None:
     names = ", ".join(READ_MODELS)
     p = sub.add_parser(
         "replay", help="build a read model as it stood at a past moment, in a schema of its own",
-        description="Builds the read model (or `all`) from the events Rapport had recorded by --known-at, with the "
+        description="Builds the read model (or `all`) from the events Rapport had recorded by --known-at, with the "  # noqa: S608 - help text, not SQL
         "same runner and handlers as the live one, into tables of schema --schema beside the live tables, for "
         "comparison in SQL, e.g.\n  SELECT * FROM public.customer_360 EXCEPT SELECT * FROM audit_2026.customer_360;\n"
         "An earlier replay in that schema is replaced. The live read models are not touched. Drop the schema when "

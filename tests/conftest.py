@@ -100,7 +100,11 @@ def client(settings: Settings, store: InteractionLog) -> Iterator[TestClient]:
 
     from services.bootstrap import projector
     from services.http.app import create_app
+    from tests.support import api_key
 
     projector(settings, store).catch_up()
     with TestClient(create_app(settings)) as test_client:
+        # Every route but /health needs a key (issue 15): tests act as an admin unless they say otherwise
+        # (tests/integration/test_access.py checks each role on each route).
+        test_client.headers["Authorization"] = f"Bearer {api_key(settings, 'admin')}"
         yield test_client

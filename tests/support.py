@@ -29,6 +29,22 @@ from services.settings import Settings
 T = TypeVar("T")
 
 
+def api_key(settings: Settings, *roles: str, name: str = "tests") -> str:
+    """A new API key with these roles, in the database of `settings` (its tables made if missing)."""
+    import psycopg
+
+    from services import access
+    from services.bootstrap import conninfo, ensure_access_tables
+
+    ensure_access_tables(settings)
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        return access.create_key(conn, name, roles)[1]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def new_customer_id() -> str:
     return f"crm-test-{uuid.uuid4().hex[:12]}"
 
@@ -51,7 +67,7 @@ def encode(message: dict[str, Any] | bytes) -> bytes:
 
 def publish(settings: Settings, messages: Iterable[dict[str, Any] | bytes], key: bytes | None = None,
             topic: str | None = None) -> int:
-    producer = kafka_producer(settings.kafka_servers)
+    producer = kafka_producer(settings.kafka_client_config)
     count = 0
     for message in messages:
         message_key = key

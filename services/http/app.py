@@ -7,7 +7,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.http import audit, customers, errors, events, identity, lifecycle, operations, satisfaction
+from services.http import (
+    audit,
+    customers,
+    errors,
+    events,
+    identity,
+    keys,
+    lifecycle,
+    operations,
+    privacy,
+    satisfaction,
+    schema,
+)
+from services.http.auth import ANY_KEY, Gatekeeper
 from services.http.lookup import CustomerLookup
 from services.http.resources import Resources
 from services.settings import Settings
@@ -15,11 +28,13 @@ from services.settings import Settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    identity.name_identifiers_with(settings.matching_key(), settings.default_phone_region)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.resources = Resources(settings)
         await app.state.resources.open_async()
+        app.state.gatekeeper = Gatekeeper(lambda: app.state.resources.async_pool)
         yield
         await app.state.resources.close_async()
         app.state.resources.close()
@@ -28,7 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Rapport",
         version="1",
         description="Event-sourced customer-interaction tracker: publish interactions, read the customer view, "
-        "lifecycle and satisfaction read models.",
+        "lifecycle and satisfaction read models.\n\nEvery route but `/health` needs an API key, sent as "
+        "`Authorization: Bearer rk_…` or `X-API-Key: rk_…` (`rapport keys create --name NAME --role ROLE`), whose "
+        "roles include the one the route needs: `producer` (POST /events), `analyst` (read models, metrics), "
+        "`auditor` (audit routes, `as_of`/`known_at` views; logged), `admin` (everything; logged). "
+        "401: no valid key; 403: the key lacks the role, and the answer says which is needed.",
         lifespan=lifespan,
     )
     app.add_middleware(CustomerLookup)  # inside errors' JSONServerErrors: a database error is a 503
@@ -36,9 +55,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     # Routes under /customers/{id}/... come before /customers/{id:path}, which would swallow them.
     app.include_router(identity.router)
+    app.include_router(privacy.router)
     app.include_router(customers.router)
     app.include_router(lifecycle.router)
     app.include_router(satisfaction.router)
     app.include_router(operations.router)
     app.include_router(audit.router)
+    app.include_router(keys.router)
+    app.include_router(schema.router, dependencies=[ANY_KEY])  # the producers' contract: any key may read it
     return app

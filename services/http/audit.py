@@ -8,10 +8,11 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from services import audit
 from services.http import params
+from services.http.auth import AUDITOR
 from services.http.customers import not_found
 from services.http.resources import Res
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(tags=["audit"], dependencies=[AUDITOR])
 
 
 @router.get("/audit/customers/{customer_id:path}/events",

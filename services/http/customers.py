@@ -21,10 +21,11 @@ from projections.checkpoints import CustomerFold
 from projections.customer_360 import count_column, last_column
 from projections.point_in_time import IdentityAt, PointInTime, PointInTimeViews
 from services.http import identity, params
+from services.http.auth import CUSTOMER_READER
 from services.http.identity import By
 from services.http.resources import Res
 
-router = APIRouter(tags=["customers"])
+router = APIRouter(tags=["customers"], dependencies=[CUSTOMER_READER])
 
 CustomerId = Annotated[str, Path(min_length=1, description="the customer's id, or any of its identifiers: an account "
                                                           "id, an email or a phone (`by` says which)")]
@@ -82,7 +83,7 @@ def get_lifecycle(customer_id: CustomerId, request: Request, res: Res, as_of: As
     customer_id = identity.canonical(res, request, customer_id, by)
     with res.pool.connection() as conn:
         rows = conn.execute(
-            f"SELECT stage, since, until, reason, event_id, previous_stage FROM {lifecycle.INTERVALS.name} "
+            f"SELECT stage, since, until, reason, event_id, previous_stage FROM {lifecycle.INTERVALS.name} "  # noqa: S608 - names from constants
             "WHERE customer_id = %s ORDER BY seq", (customer_id,),
         ).fetchall()
     if not rows:
@@ -136,7 +137,7 @@ def get_timeline(
     where = "customer_id = %s" + (" AND (occurred_at, event_id) < (%s, %s)" if after else "")
     with res.pool.connection() as conn:
         rows = conn.execute(
-            f"SELECT event_id, type, occurred_at, source, data FROM {table} WHERE {where} "
+            f"SELECT event_id, type, occurred_at, source, data FROM {table} WHERE {where} "  # noqa: S608 - names from constants
             "ORDER BY occurred_at DESC, event_id DESC LIMIT %s",
             (customer_id, *(after or ()), limit + 1),
         ).fetchall()
@@ -217,7 +218,7 @@ def view_of_fold(fold: CustomerFold, point: PointInTime) -> dict[str, Any]:
 # its identity (its identifiers and refused links, from the event store's identity tables).
 # Every part is an index range of this customer's rows.
 VIEW_SQL = (
-    "SELECT c.*, r.currencies, r.revenues, r.orders, p.skus, l.stage, l.since, ident.identifiers, refusal.refused "
+    "SELECT c.*, r.currencies, r.revenues, r.orders, p.skus, l.stage, l.since, ident.identifiers, refusal.refused "  # noqa: S608 - names from constants
     f"FROM {customer_360.CUSTOMERS.name} c "
     "LEFT JOIN LATERAL (SELECT array_agg(currency ORDER BY currency) AS currencies, "
     "array_agg(revenue ORDER BY currency) AS revenues, array_agg(orders ORDER BY currency) AS orders "
@@ -296,5 +297,5 @@ def view_of(row: dict[str, Any]) -> dict[str, Any]:
         },
         "lifecycle": {"stage": row["stage"], "since": params.rfc3339(row["since"])} if row["stage"] is not None
         else {"stage": None, "since": None},
-        "identity": identity.identity_json(row.get("identifiers"), row.get("refused")),
+        "identity": identity.identity_json(row.get("identifiers"), row.get("refused"), row["emails"], row["phones"]),
     }

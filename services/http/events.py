@@ -12,13 +12,14 @@ from kafka.errors import KafkaError
 
 from domain.contract import MAX_MESSAGE_BYTES, InvalidEvent, decode_json, validate_envelope
 from domain.identity import DEFAULT_REGION, UnreadableIdentifier, identifiers_of
+from services.http.auth import PRODUCER
 from services.http.resources import Resources
 
 MAX_EVENTS_PER_REQUEST = 1000
 
 log = logging.getLogger("rapport.api")
 
-router = APIRouter(tags=["events in"])
+router = APIRouter(tags=["events in"], dependencies=[PRODUCER])
 
 
 @router.post("/events", status_code=202, summary="Publish one event or an array of up to 1,000 (contract §2)")

@@ -15,9 +15,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from psycopg.sql import SQL
 from pydantic import BaseModel, Field
 
-from domain.identity import Identifier, UnreadableIdentifier, identifier, in_kind_order
+from domain.identity import DEFAULT_REGION, Identifier, UnreadableIdentifier, for_matching, identifier, in_kind_order
 from eventstore import tables
 from eventstore.identity import IdentityTables, parse_identifier
+from services.http.auth import ADMIN
 from services.http.params import rfc3339
 from services.http.resources import Res
 
@@ -49,7 +50,7 @@ def customer_id_of(conn: Any, key: str, by: str | None, region: str) -> tuple[st
             return (key, None) if merged_into is None else (None, TABLES.redirect(conn, key))
     for kind in ([by] if by else guessed_kinds(key)):
         try:
-            wanted = identifier(kind, key, region)
+            wanted = for_matching(identifier(kind, key, region), _DISPLAY["key"])
         except UnreadableIdentifier as error:
             if by:
                 raise HTTPException(422, f"by={by}: {error.reason}") from None
@@ -86,13 +87,14 @@ def by_one_identifier(res: Res, email: str | None, phone: str | None, account: s
         raise HTTPException(422, "give exactly one of email=, phone=, id= (the identifier to look the customer up by)")
     (kind, value), = given.items()
     try:
-        wanted: Identifier = identifier(kind, value, res.settings.default_phone_region)
+        plain: Identifier = identifier(kind, value, res.settings.default_phone_region)
     except UnreadableIdentifier as error:
         raise HTTPException(422, f"{kind}: {error.reason}") from None
+    wanted = for_matching(plain, _DISPLAY["key"])
     with res.pool.connection() as conn:
         owner = TABLES.customer_of(conn, [wanted]).get(wanted)
     if owner is None:
-        raise HTTPException(404, f"no customer has the {kind} {wanted.value!r}")
+        raise HTTPException(404, f"no customer has the {kind} {plain.value!r}")
     return owner
 
 
@@ -100,7 +102,7 @@ def by_one_identifier(res: Res, email: str | None, phone: str | None, account: s
 # and did not get (with the customer that keeps the other identifier, why, and which event asked).
 _IDENTIFIERS, _REFUSALS = (f'"public"."{name}"' for name in (tables.IDENTIFIERS, tables.IDENTITY_REFUSALS))
 IDENTITY_JOINS = (
-    f"LEFT JOIN LATERAL (SELECT array_agg(identifier) AS identifiers FROM {_IDENTIFIERS} "
+    f"LEFT JOIN LATERAL (SELECT array_agg(identifier) AS identifiers FROM {_IDENTIFIERS} "  # noqa: S608 - names from constants
     "WHERE customer_id = c.customer_id) ident ON true "
     "LEFT JOIN LATERAL (SELECT jsonb_agg(jsonb_build_object('identifier', r.other, 'owner', o.customer_id, "
     "'reason', r.why, 'event_id', r.event_id, 'occurred_at', r.occurred_at) ORDER BY r.occurred_at, r.event_id) "
@@ -112,18 +114,49 @@ IDENTITY_JOINS = (
 REASONS = {"two ids": "two customer ids are never merged", "separated": "an operator separated them (unmerge)"}
 
 
-def identity_json(identifiers: Iterable[str] | None, refused: Iterable[dict[str, Any]] | None) -> dict[str, Any]:
-    """The view's `identity`: its identifiers (`kind:value`, normal form) and its refused links."""
+# Identity resolution keeps emails and phones as keyed hashes (`domain.identity.for_matching`); a view
+# names them from the customer's own emails and phones, hashed with the same key. Set by the API and the
+# commands that render views; unset, or for values the customer's events no longer hold (a forgotten
+# customer's), the hash is shown.
+_DISPLAY: dict[str, Any] = {"key": None, "region": DEFAULT_REGION}
+
+
+def name_identifiers_with(key: bytes, region: str) -> None:
+    _DISPLAY.update(key=key, region=region)
+
+
+def _names(emails: Iterable[str] | None, phones: Iterable[str] | None) -> dict[str, str]:
+    """Each of these emails and phones as identity resolution stores it (`kind:#hash`) → its normal form."""
+    key, region = _DISPLAY["key"], _DISPLAY["region"]
+    names: dict[str, str] = {}
+    if key is None:
+        return names
+    for kind, values in (("email", emails), ("phone", phones)):
+        for raw in values or ():
+            try:
+                plain = identifier(kind, raw, region)
+            except UnreadableIdentifier:
+                continue
+            names[str(for_matching(plain, key))] = str(plain)
+    return names
+
+
+def identity_json(identifiers: Iterable[str] | None, refused: Iterable[dict[str, Any]] | None,
+                  emails: Iterable[str] | None = None, phones: Iterable[str] | None = None) -> dict[str, Any]:
+    """The view's `identity`: its identifiers (`kind:value`, normal form; `kind:#hash` where the customer's own
+    emails and phones no longer name it) and its refused links."""
+    names = _names(emails, phones)
     return {
-        "identifiers": [str(x) for x in in_kind_order(parse_identifier(t) for t in identifiers or ())],
-        "refused_links": [{**r, "reason": REASONS.get(r["reason"], r["reason"]),
+        "identifiers": [str(x) for x in in_kind_order(parse_identifier(names.get(t, t)) for t in identifiers or ())],
+        "refused_links": [{**r, "identifier": names.get(r["identifier"], r["identifier"]),
+                           "reason": REASONS.get(r["reason"], r["reason"]),
                            "occurred_at": rfc3339(datetime.fromisoformat(r["occurred_at"]))
                            if isinstance(r["occurred_at"], str) else rfc3339(r["occurred_at"])} for r in refused or ()],
     }
 
 
 # -- an operator's corrections (services.identities) ---------------------------------------------
-router = APIRouter(tags=["identity (admin)"])
+router = APIRouter(tags=["identity (admin)"], dependencies=[ADMIN])
 
 
 class Correction(BaseModel):
@@ -137,9 +170,10 @@ def _correct(action: str, customer_id: str, body: Correction, res: Res) -> dict[
     try:
         if action == "unmerge":
             done = identities.unmerge(res.store, customer_id, body.identifier, res.settings.default_phone_region,
-                                      body.reason)
+                                      body.reason, key=res.settings.matching_key())
         else:
-            done = identities.allow(res.store, customer_id, body.identifier, res.settings.default_phone_region)
+            done = identities.allow(res.store, customer_id, body.identifier, res.settings.default_phone_region,
+                                    key=res.settings.matching_key())
     except identities.IdentityRequestError as error:
         raise HTTPException(422, str(error)) from None
     return done.as_json()

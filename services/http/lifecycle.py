@@ -11,9 +11,10 @@ from fastapi import APIRouter, Query
 from domain.lifecycle import Stage
 from projections.lifecycle import INTERVALS, STAGE_DAYS
 from services.http import params
+from services.http.auth import ANALYST
 from services.http.resources import Res
 
-router = APIRouter(tags=["lifecycle"])
+router = APIRouter(tags=["lifecycle"], dependencies=[ANALYST])
 
 DEFAULT_FLOW_DAYS = 30
 
@@ -30,7 +31,7 @@ def get_stages(
         # Customers in a stage at `at` = intervals started by then minus intervals ended by then:
         # whole days from the per-day changes, `at`'s own day from the intervals (by index).
         rows = conn.execute(
-            f"SELECT stage, sum(n) AS n FROM ("
+            f"SELECT stage, sum(n) AS n FROM ("  # noqa: S608 - names from constants
             f"SELECT stage, change AS n FROM {STAGE_DAYS.name} WHERE day < %(day)s::date "
             f"UNION ALL SELECT stage, 1 FROM {INTERVALS.name} WHERE starts_at >= %(day)s AND starts_at <= %(at)s "
             f"UNION ALL SELECT stage, -1 FROM {INTERVALS.name} WHERE ends_at >= %(day)s AND ends_at <= %(at)s"
@@ -52,7 +53,7 @@ def get_flow(
         raise params.bad("from", f"must be before `to` ({params.rfc3339(start)} is not before {params.rfc3339(end)})")
     with res.pool.connection() as conn:
         rows = conn.execute(
-            f"SELECT previous_stage, stage, count(DISTINCT customer_id) AS n FROM {INTERVALS.name} "
+            f"SELECT previous_stage, stage, count(DISTINCT customer_id) AS n FROM {INTERVALS.name} "  # noqa: S608 - names from constants
             "WHERE since >= %s AND since < %s GROUP BY 1, 2 ORDER BY 1 NULLS FIRST, 2",
             (start, end),
         ).fetchall()

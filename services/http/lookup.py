@@ -7,9 +7,10 @@ README's Performance section); here the request is answered by an ASGI middlewar
 route's one SQL statement (`customers.VIEW_SQL`) on an asyncio connection pool and sends the JSON
 `customers.view_of` builds. Only the plain case is taken: `GET /customers/<id>` without a query
 string, an id that is not empty, holds no NUL and is not a `/lifecycle` or `/timeline` path, and is
-a customer's id. Everything else (parameters, errors to explain, HEAD, a key that is an email or
-phone of a customer or an id merged into another) goes on to the FastAPI route, which stays the
-documented one (OpenAPI). A database error propagates to `errors.JSONServerErrors` (503).
+a customer's id, asked with a valid key that may read it (`auth.py`; the key check is cached, no
+round trip). Everything else (parameters, errors to explain, a missing or wrong key, HEAD, a key that
+is an email or phone of a customer or an id merged into another) goes on to the FastAPI route, which
+stays the documented one (OpenAPI). A database error propagates to `errors.JSONServerErrors` (503).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from domain.contract import utc_now
+from services.access import Role
+from services.http.auth import Unauthenticated, key_text
 from services.http.customers import VIEW_SQL, view_of
 
 PREFIX = "/customers/"
@@ -50,13 +53,33 @@ class CustomerLookup:
         if customer_id is None or resources is None or resources.async_pool is None:
             await self.app(scope, receive, send)
             return
+        gatekeeper = scope["app"].state.gatekeeper
+        key = await _key(gatekeeper, scope)
+        if key is None or not key.may(READERS):  # the route answers 401 or 403, with the reason
+            await self.app(scope, receive, send)
+            return
         async with resources.async_pool.connection() as conn:
             cursor = await conn.execute(VIEW_SQL, {"id": customer_id, "now": utc_now()})
             row = await cursor.fetchone()
         if row is None:  # an identifier of a customer, a merged id (308), or unknown: the route says
             await self.app(scope, receive, send)
             return
+        await gatekeeper.admit(key, scope)
         await send_json(send, 200, orjson.dumps(view_of(row)))
+
+
+READERS = (Role.analyst,)
+
+
+async def _key(gatekeeper: Any, scope: Scope) -> Any:
+    """The request's valid key, or None (whatever is wrong, the route explains it)."""
+    headers = {name: value for name, value in scope["headers"] if name in (b"x-api-key", b"authorization")}
+    try:
+        text = key_text(headers.get(b"x-api-key", b"").decode("latin-1") or None,
+                        headers.get(b"authorization", b"").decode("latin-1") or None)
+    except Unauthenticated:
+        return None
+    return None if text is None else await gatekeeper.key(text)
 
 
 async def send_json(send: Send, status: int, body: bytes) -> None:

@@ -14,12 +14,13 @@ from prometheus_client.registry import Collector
 from eventstore import tables
 from projections.catalog import READ_MODELS
 from projections.status import projection_status
+from services.http.auth import ANALYST
 from services.http.resources import Res
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", summary="200 when PostgreSQL and Kafka answer, 503 naming the failing part")
+@router.get("/health", summary="200 when PostgreSQL and Kafka answer, 503 naming the failing part (no key needed)")
 def health(res: Res) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
@@ -33,13 +34,15 @@ def health(res: Res) -> JSONResponse:
     return JSONResponse(status_code=200 if healthy else 503,
                         content={"status": "ok" if healthy else "unavailable", "checks": checks})
 
-@router.get("/projections", summary="Each read model's position in the event store's log, its lag and parked events")
+@router.get("/projections", dependencies=[ANALYST],
+            summary="Each read model's position in the event store's log, its lag and parked events")
 def projections(res: Res) -> dict[str, Any]:
     with res.pool.connection() as conn:
         return {"items": projection_status(conn, list(READ_MODELS))}
 
 
-@router.get("/metrics", summary="Prometheus metrics: ingest counters, each read model's position, lag and parked",
+@router.get("/metrics", dependencies=[ANALYST],
+            summary="Prometheus metrics: ingest counters, each read model's position, lag and parked",
             response_class=PlainTextResponse)
 def metrics(res: Res) -> PlainTextResponse:
     registry = CollectorRegistry(auto_describe=False)
@@ -58,7 +61,7 @@ class _Snapshot(Collector):
         with self.res.pool.connection() as conn:
             status = projection_status(conn, list(READ_MODELS))
             counters = conn.execute(
-                f"SELECT topic, sum(stored) AS stored, sum(duplicates) AS duplicates, "
+                f"SELECT topic, sum(stored) AS stored, sum(duplicates) AS duplicates, "  # noqa: S608 - names from constants
                 f"sum(dead_lettered) AS dead_lettered, sum(batches) AS batches FROM {tables.INGEST_COUNTERS} "
                 "GROUP BY topic ORDER BY topic").fetchall()
         ingest = {

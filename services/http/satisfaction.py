@@ -16,9 +16,10 @@ from domain.rules import MONEY_CONTEXT, format_money, nps_category
 from domain.satisfaction import CHANNELS, NPS_CATEGORIES, nps, per_customer, share_percent
 from projections import customer_360, satisfaction
 from services.http import params
+from services.http.auth import ANALYST
 from services.http.resources import Res
 
-router = APIRouter(tags=["satisfaction"])
+router = APIRouter(tags=["satisfaction"], dependencies=[ANALYST])
 
 
 class Kind(StrEnum):
@@ -52,7 +53,7 @@ def get_trend(
     where = "kind = %s AND day >= %s AND day < %s" + (" AND channel = %s" if channel else "")
     with res.pool.connection() as conn:
         rows = conn.execute(
-            f"SELECT date_trunc(%s, day)::date AS period_start, sum(responses) AS responses, "
+            f"SELECT date_trunc(%s, day)::date AS period_start, sum(responses) AS responses, "  # noqa: S608 - names from constants
             "sum(score_sum) AS score_sum, sum(promoters) AS promoters, sum(passives) AS passives, "
             f"sum(detractors) AS detractors, sum(satisfied) AS satisfied FROM {satisfaction.DAYS.name} "
             f"WHERE {where} GROUP BY 1 HAVING sum(responses) > 0 ORDER BY 1",
@@ -88,7 +89,7 @@ def get_alarms(
     keyset = " AND (l.answer_at, l.answer_event_id) < (%s, %s)" if after else ""
     with res.pool.connection() as conn:
         rows = conn.execute(
-            f"SELECT l.customer_id, l.answer_kind, l.answer_score, l.answer_at, l.answer_event_id, r.channel, "
+            f"SELECT l.customer_id, l.answer_kind, l.answer_score, l.answer_at, l.answer_event_id, r.channel, "  # noqa: S608 - names from constants
             f"c.name, c.last_seen_at FROM {latest} l "
             f"JOIN {responses} r ON r.customer_id = l.customer_id AND r.event_id = l.answer_event_id "
             f"LEFT JOIN {customer_360.CUSTOMERS.name} c ON c.customer_id = l.customer_id "
@@ -111,7 +112,7 @@ def get_alarms(
 
 def revenue_of(conn: Any, customer_ids: list[str]) -> dict[str, dict[str, str]]:
     rows = conn.execute(
-        f"SELECT customer_id, currency, revenue FROM {customer_360.REVENUE.name} WHERE customer_id = ANY(%s) "
+        f"SELECT customer_id, currency, revenue FROM {customer_360.REVENUE.name} WHERE customer_id = ANY(%s) "  # noqa: S608 - names from constants
         "ORDER BY customer_id, currency", (customer_ids,),
     ).fetchall()
     found: dict[str, dict[str, str]] = {}
@@ -130,17 +131,17 @@ def get_revenue_by_category(
     customers_table, responses, contacts = (satisfaction.CUSTOMERS.name, satisfaction.RESPONSES.name,
                                             satisfaction.CONTACTS.name)
     latest_nps = (
-        f"SELECT DISTINCT ON (customer_id) customer_id, score FROM {responses} "
+        f"SELECT DISTINCT ON (customer_id) customer_id, score FROM {responses} "  # noqa: S608 - names from constants
         "WHERE kind = 'nps' AND occurred_at <= %(at)s ORDER BY customer_id, occurred_at DESC, event_id DESC"
     )
     with res.pool.connection() as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         customers = conn.execute(
-            f"SELECT n.score, count(*) AS customers FROM {customers_table} s LEFT JOIN ({latest_nps}) n "
+            f"SELECT n.score, count(*) AS customers FROM {customers_table} s LEFT JOIN ({latest_nps}) n "  # noqa: S608 - names from constants
             "USING (customer_id) WHERE s.first_seen_at <= %(at)s GROUP BY n.score", {"at": at},
         ).fetchall()
         revenue = conn.execute(
-            f"SELECT n.score, p.currency, sum(p.amount) AS revenue FROM {contacts} p LEFT JOIN ({latest_nps}) n "
+            f"SELECT n.score, p.currency, sum(p.amount) AS revenue FROM {contacts} p LEFT JOIN ({latest_nps}) n "  # noqa: S608 - names from constants
             "USING (customer_id) WHERE p.amount IS NOT NULL AND p.occurred_at <= %(at)s GROUP BY n.score, p.currency",
             {"at": at},
         ).fetchall()

@@ -21,7 +21,7 @@ from kafka.admin import KafkaAdminClient
 
 from services.settings import Settings
 from tests.conftest import settings_env
-from tests.support import end_offsets, envelope, iso, new_customer_id, publish, serving, wait_for
+from tests.support import api_key, end_offsets, envelope, iso, new_customer_id, publish, serving, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -34,14 +34,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+def http(method: str, url: str, body: Any = None, key: str | None = None) -> tuple[int, Any]:
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"X-API-Key": key} if key else {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - localhost
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def keys(settings: Settings) -> dict[str, str]:
+    """A key per role, as the systems and people using Rapport would each have."""
+    return {role: api_key(settings, role, name=f"e2e {role}") for role in ("producer", "analyst", "auditor")}
 
 
 @pytest.fixture
@@ -150,7 +157,7 @@ def scenario(now: datetime) -> dict[str, tuple[list[dict[str, Any]], dict[str, A
     return out
 
 
-def test_customer_view_matches_the_events_whatever_their_order(settings: Settings, api: str) -> None:
+def test_customer_view_matches_the_events_whatever_their_order(settings: Settings, api: str, keys: dict[str, str]) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     customers = scenario(now)
     messages = [e for events, _ in customers.values() for e in events]
@@ -163,49 +170,49 @@ def test_customer_view_matches_the_events_whatever_their_order(settings: Setting
         expected = {**expected_view(customer_id, events), "lifecycle": lifecycle}
 
         def view_matches(customer_id: str = customer_id, expected: dict = expected) -> dict | None:
-            status, body = http("GET", f"{api}/customers/{customer_id}")
+            status, body = http("GET", f"{api}/customers/{customer_id}", key=keys["analyst"])
             return body if status == 200 and body["interaction_counts"] == expected["interaction_counts"] else None
 
         body = wait_for(view_matches, timeout=60, what=f"the view of {customer_id}")
         assert body == expected
 
 
-def test_events_posted_over_http_reach_the_view(settings: Settings, api: str) -> None:
+def test_events_posted_over_http_reach_the_view(settings: Settings, api: str, keys: dict[str, str]) -> None:
     customer = new_customer_id()
     events = [envelope(customer, "call", f"2026-0{m}-01T10:00:00+05:30", {"direction": "inbound", "duration_seconds": 9})
               for m in range(1, 4)]
-    status, body = http("POST", f"{api}/events", events)
+    status, body = http("POST", f"{api}/events", events, key=keys["producer"])
     assert (status, body) == (202, {"accepted": [e["event_id"] for e in events]})
-    view = wait_for(lambda: (r := http("GET", f"{api}/customers/{customer}"))[0] == 200 and r[1], timeout=60,
+    view = wait_for(lambda: (r := http("GET", f"{api}/customers/{customer}", key=keys["analyst"]))[0] == 200 and r[1], timeout=60,
                     what="the posted events in the view")
     assert view["interaction_counts"]["call"] == 3
     assert view["first_seen_at"] == "2026-01-01T04:30:00Z"
 
 
-def test_a_request_with_any_invalid_event_publishes_nothing(settings: Settings, api: str) -> None:
+def test_a_request_with_any_invalid_event_publishes_nothing(settings: Settings, api: str, keys: dict[str, str]) -> None:
     customer = new_customer_id()
     good = envelope(customer, "email", "2026-01-01T10:00:00Z", {"direction": "inbound"})
     bad = envelope(customer, "survey_response", "2026-01-01T10:00:00", {"kind": "nps", "score": 12})
     before = end_offsets(settings)
-    status, body = http("POST", f"{api}/events", [good, bad])
+    status, body = http("POST", f"{api}/events", [good, bad], key=keys["producer"])
     assert status == 422
     [error] = body["errors"]
     assert error["index"] == 1 and error["event_id"] == bad["event_id"]
     assert "occurred_at" in error["reason"] and "data.score" in error["reason"]
     assert end_offsets(settings) == before
-    status, body = http("POST", f"{api}/events", b"{not json")
+    status, body = http("POST", f"{api}/events", b"{not json", key=keys["producer"])
     assert status == 422 and "not valid JSON" in body["errors"][0]["reason"]
 
 
-def test_unknown_customer_is_404_and_progress_is_visible(settings: Settings, api: str) -> None:
-    status, body = http("GET", f"{api}/customers/{new_customer_id()}")
+def test_unknown_customer_is_404_and_progress_is_visible(settings: Settings, api: str, keys: dict[str, str]) -> None:
+    status, body = http("GET", f"{api}/customers/{new_customer_id()}", key=keys["analyst"])
     assert status == 404 and "no customer" in body["detail"]
-    status, body = http("GET", f"{api}/customers/{new_customer_id()}?as_of=2026-01-01T00:00:00Z")
+    status, body = http("GET", f"{api}/customers/{new_customer_id()}?as_of=2026-01-01T00:00:00Z", key=keys["auditor"])
     assert status == 404 and "as_of" in body["detail"]  # unknown at that point in time (contract §5)
     customer = new_customer_id()
     publish(settings, [envelope(customer, "email", "2026-05-01T10:00:00Z", {"direction": "inbound"})])
-    wait_for(lambda: http("GET", f"{api}/customers/{customer}")[0] == 200, timeout=60, what="the customer")
-    status, body = http("GET", f"{api}/projections")
+    wait_for(lambda: http("GET", f"{api}/customers/{customer}", key=keys["analyst"])[0] == 200, timeout=60, what="the customer")
+    status, body = http("GET", f"{api}/projections", key=keys["analyst"])
     assert status == 200
     assert {item["name"] for item in body["items"]} == {"customer_360", "lifecycle", "satisfaction", "timeline"}
     for item in body["items"]:
@@ -215,16 +222,16 @@ def test_unknown_customer_is_404_and_progress_is_visible(settings: Settings, api
         assert item["lag_seconds"] >= 0 and item["parked"] == 0
 
 
-def test_customer_ids_with_slashes_and_unicode_are_found(settings: Settings, api: str) -> None:
+def test_customer_ids_with_slashes_and_unicode_are_found(settings: Settings, api: str, keys: dict[str, str]) -> None:
     customer = f"crm/{new_customer_id()}/ü"
     publish(settings, [envelope(customer, "call", "2026-05-01T10:00:00Z", {"direction": "outbound",
                                                                            "duration_seconds": 5})])
     url = f"{api}/customers/{urllib.parse.quote(customer)}"
-    status, body = wait_for(lambda: (r := http("GET", url))[0] == 200 and r, timeout=60, what="the customer")
+    status, body = wait_for(lambda: (r := http("GET", url, key=keys["analyst"]))[0] == 200 and r, timeout=60, what="the customer")
     assert body["customer_id"] == customer
 
 
-def test_the_ingest_processes_of_rapport_run_share_the_partitions(settings: Settings, api: str) -> None:
+def test_the_ingest_processes_of_rapport_run_share_the_partitions(settings: Settings, api: str, keys: dict[str, str]) -> None:
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers)
     try:
         def assignments() -> list[Any] | None:

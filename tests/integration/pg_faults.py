@@ -93,10 +93,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_get(url: str, timeout: float = 15) -> tuple[int, dict[str, str], Any]:
-    """(status, headers, body: parsed JSON, else the text)."""
+def http_get(url: str, timeout: float = 15, key: str | None = None) -> tuple[int, dict[str, str], Any]:
+    """(status, headers, body: parsed JSON, else the text), sending the API key `key` if given."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - localhost
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - localhost
             status, headers, raw = response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         status, headers, raw = error.code, dict(error.headers), error.read()

@@ -13,14 +13,14 @@ from fastapi.testclient import TestClient
 from services.http.app import create_app
 from services.settings import Settings
 from tests.integration.pg_faults import database_away, free_port, http_get, log_tail, start_rapport
-from tests.support import new_customer_id, wait_for
+from tests.support import api_key, auth, new_customer_id, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def test_api_answers_503_while_the_database_is_away_and_recovers_by_itself(settings: Settings) -> None:
     unknown = new_customer_id()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=auth(api_key(settings, 'admin'))) as client:
         assert client.get(f"/customers/{unknown}").status_code == 404
         with database_away(settings):
             for path in (f"/customers/{unknown}", "/projections"):

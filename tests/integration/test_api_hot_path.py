@@ -23,7 +23,7 @@ from services.bootstrap import conninfo, read_pool
 from services.http.resources import check_idle_async_connection
 from services.settings import Settings
 from tests.integration.pg_faults import admin_conninfo, free_port, http_get, log_tail, start_rapport
-from tests.support import deliver, envelope, iso, new_customer_id, wait_for
+from tests.support import api_key, deliver, envelope, iso, new_customer_id, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -113,6 +113,7 @@ def _descendants(pid: int) -> list[int]:
 def test_rapport_api_with_workers_serves_and_stops_with_exit_code_0(settings: Settings, tmp_path: Path,
                                                                     workers: int) -> None:
     port = free_port()
+    key = api_key(settings, "analyst")
     api = start_rapport("api", settings.model_copy(update={"api_port": port}), tmp_path,
                         RAPPORT_API_WORKERS=str(workers))
     unknown = new_customer_id()
@@ -120,7 +121,7 @@ def test_rapport_api_with_workers_serves_and_stops_with_exit_code_0(settings: Se
         def answered() -> bool:
             assert api.poll() is None, f"rapport api exited with {api.returncode}\n{log_tail(tmp_path, 'api')}"
             try:
-                return http_get(f"http://127.0.0.1:{port}/customers/{unknown}")[0] == 404
+                return http_get(f"http://127.0.0.1:{port}/customers/{unknown}", key=key)[0] == 404
             except OSError:
                 return False
 
@@ -131,7 +132,7 @@ def test_rapport_api_with_workers_serves_and_stops_with_exit_code_0(settings: Se
         assert len([p for p in pythons if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]) == (
             workers if workers > 1 else 0)
         for _ in range(2 * workers):
-            assert http_get(f"http://127.0.0.1:{port}/customers/{unknown}")[0] == 404
+            assert http_get(f"http://127.0.0.1:{port}/customers/{unknown}", key=key)[0] == 404
         api.send_signal(signal.SIGTERM)
         code = api.wait(timeout=30)
     except subprocess.TimeoutExpired:

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from services.http.app import create_app
 from services.settings import Settings
+from tests.support import api_key, auth
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.integration
     "/customers/x/timeline?cursor=%00", "/lifecycle/flow?from=%00",
 ])
 def test_a_nul_character_is_a_422_naming_the_parameter(settings: Settings, url: str) -> None:
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=auth(api_key(settings, 'admin'))) as client:
         response = client.get(url)
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]

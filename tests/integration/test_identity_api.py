@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from domain.identity import Identifier, generated_id
+from domain.identity import Identifier, for_matching, generated_id
 from eventstore.store import InteractionLog
 from services.settings import Settings
 from tests.support import deliver
@@ -38,7 +38,7 @@ def test_any_identifier_finds_the_customer_and_a_merged_id_redirects(settings: S
     account, email, phone = person()
     tag = account[4:]
     deliver(settings, store, [call(f"{tag}:c1", "2026-01-01T10:00:00Z", phone=phone)])
-    anonymous = generated_id(Identifier("phone", phone))
+    anonymous = generated_id(for_matching(Identifier("phone", phone), settings.matching_key()))
     assert client.get(f"/customers/{anonymous}").json()["interaction_counts"]["call"] == 1
     deliver(settings, store, [purchase(f"{tag}:p1", "2026-02-01T10:00:00Z", id=account, phone=phone, email=email)])
 
@@ -61,7 +61,9 @@ def test_any_identifier_finds_the_customer_and_a_merged_id_redirects(settings: S
     joined = [i for i in client.get(f"/audit/customers/{account}/events").json()["items"]
               if i["type"] == "identifiers_joined"]
     assert [(i["event_id"], i["occurred_at"], i["data"]["source"], i["data"]["identifiers"]) for i in joined] == [
-        (f"{tag}:p1", "2026-02-01T10:00:00Z", anonymous, [f"phone:{phone}"])]
+        # identity events name emails and phones as identity keeps them: keyed hashes (issue 15)
+        (f"{tag}:p1", "2026-02-01T10:00:00Z", anonymous,
+         [str(for_matching(Identifier("phone", phone), settings.matching_key()))])]
     left = client.get(f"/audit/customers/{anonymous}/events").json()["items"][-1]
     assert (left["type"], left["data"]["target"], left["data"]["merged"]) == ("identifiers_left", account, True)
     assert client.get("/audit/verify").json()["ok"]

@@ -13,11 +13,18 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from domain.identity import Identifier, Separation, generated_id
+from domain.identity import Identifier, Separation, for_matching, generated_id
+from eventstore.identity import parse_identifier
 from services.bootstrap import READ_MODELS, interaction_log, read_models
 from services.settings import Settings
 from services.topics import delete_topics, ensure_topics
 from tests.support import deliver, own_database
+
+
+def kept(settings: Settings, text: str) -> str:
+    """An identifier as identity resolution keeps it: emails and phones as keyed hashes (issue 15)."""
+    return str(for_matching(Identifier.parse(text), settings.matching_key()))
+
 
 pytestmark = pytest.mark.integration
 
@@ -100,12 +107,13 @@ def test_a_person_linked_late_has_the_rows_of_one_known_from_the_start(settings:
         with psycopg.connect(linked.database_url) as conn:
             owners = dict(conn.execute("SELECT identifier, customer_id FROM rapport_identifiers").fetchall())
 
-    assert owners == {"id:crm-merge-1": ACCOUNT, "email:ana.perera@example.com": ACCOUNT, "phone:+94771234567": ACCOUNT}
+    assert owners == {"id:crm-merge-1": ACCOUNT, kept(settings, "email:ana.perera@example.com"): ACCOUNT,
+                      kept(settings, "phone:+94771234567"): ACCOUNT}
     assert {r["customer_id"] for r in rows["customer_360"]} == {ACCOUNT}
     assert rows["customer_360"][0]["call_count"] == 2 and rows["customer_360"][0]["purchase_count"] == 1
     for table, table_rows in expected.items():
         assert rows[table] == table_rows, table
-    assert generated_id(Identifier("phone", "+94771234567")) not in str(rows)
+    assert generated_id(parse_identifier(kept(settings, "phone:+94771234567"))) not in str(rows)
 
 
 def test_an_unmerge_gives_every_read_model_the_rows_of_a_separation_made_before_any_event(settings: Settings) -> None:
@@ -115,21 +123,22 @@ def test_an_unmerge_gives_every_read_model_the_rows_of_a_separation_made_before_
     phone = "phone:+94771234567"
     with world(settings, "apart") as apart:
         interaction_log(apart).close()  # the event store's tables
-        separation = Separation.of(Identifier.parse(phone), Identifier("id", ACCOUNT))
+        separation = Separation.of(parse_identifier(kept(settings, phone)), Identifier("id", ACCOUNT))
         with psycopg.connect(apart.database_url) as conn:
             conn.execute("INSERT INTO rapport_identity_separations (a, b, reason) VALUES (%s, %s, 'from the start')",
                          (str(separation.a), str(separation.b)))
         ingest_in_batches(apart, journey(account_everywhere=False), [list(range(6))])
         expected = read_model_rows(apart)
-    assert {r["customer_id"] for r in expected["customer_360"]} == {ACCOUNT, generated_id(Identifier.parse(phone))}
+    anonymous = generated_id(parse_identifier(kept(settings, phone)))
+    assert {r["customer_id"] for r in expected["customer_360"]} == {ACCOUNT, anonymous}
 
     with world(settings, "unmerged") as linked:
         ingest_in_batches(linked, journey(account_everywhere=False), [[i] for i in range(6)])
         before = read_model_rows(linked)
         store = interaction_log(linked)
         try:
-            done = identities.unmerge(store, ACCOUNT, phone, "US", reason="ticket 42")
-            assert [(m[1], m[2]) for m in done.moves] == [(ACCOUNT, generated_id(Identifier.parse(phone)))]
+            done = identities.unmerge(store, ACCOUNT, phone, "US", reason="ticket 42", key=settings.matching_key())
+            assert [(m[1], m[2]) for m in done.moves] == [(ACCOUNT, anonymous)]
             projector(linked, store).catch_up()
             assert read_model_rows(linked) == expected
             # A later event linking them again is refused, and the rows stay apart.
@@ -138,8 +147,8 @@ def test_an_unmerge_gives_every_read_model_the_rows_of_a_separation_made_before_
                                      "data": {"order_id": "o-2", "amount": "1.00", "currency": "USD"}}])
             with psycopg.connect(linked.database_url) as conn:
                 assert conn.execute("SELECT customer_id FROM rapport_identifiers WHERE identifier = %s",
-                                    (phone,)).fetchone()[0] != ACCOUNT
-            identities.allow(store, ACCOUNT, phone, "US")
+                                    (kept(settings, phone),)).fetchone()[0] != ACCOUNT
+            identities.allow(store, ACCOUNT, phone, "US", key=settings.matching_key())
             projector(linked, store).catch_up()
             after = read_model_rows(linked)
         finally:

@@ -120,9 +120,13 @@ def test_huge_numbers_are_dead_lettered_for_what_they_are_or_kept(settings: Sett
             (customer_id_for(customer),),
         ).fetchall()
     stored = {row["state"]["event_id"]: row["state"] for row in rows}
-    assert stored["huge:data"]["data"]["note"] == "1E+5000"
-    assert stored["huge:top"]["extra"]["trace"] == "1E+5000"
+    # Unknown fields are kept, sealed with the customer's personal data (issue 15), and read back as sent.
+    assert "note" not in stored["huge:data"]["data"] and "sealed" in stored["huge:data"]
+    assert stored["huge:top"]["extra"] == {} and "sealed" in stored["huge:top"]
     assert stored["huge:week"]["data"]["duration_ms"] == 604_800_000  # stored in call data version 2
+    events = {e.event_id: e for e in store.events.get(customer_id_for(customer)) if hasattr(e, "event_id")}
+    assert events["huge:data"].data["note"] == "1E+5000"
+    assert events["huge:top"].extra["trace"] == "1E+5000"
 
 
 def test_two_members_of_the_group_store_everything_once(settings: Settings, store: InteractionLog) -> None:

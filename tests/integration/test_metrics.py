@@ -11,7 +11,7 @@ from eventstore.store import InteractionLog
 from services.bootstrap import ingest_consumer, projector
 from services.http.app import create_app
 from services.settings import Settings
-from tests.support import drain, envelope, new_customer_id, publish
+from tests.support import api_key, auth, drain, envelope, new_customer_id, publish
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def test_metrics_count_what_ingest_stored_and_where_each_read_model_stands(
     runner.catch_up()
     head = store.recorder.max_notification_id()
 
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=auth(api_key(settings, 'admin'))) as client:
         response = client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     found = samples(response.text)

@@ -21,7 +21,7 @@ from projections.timeline import EVENTS, Timeline
 from services.bootstrap import projector, read_pool
 from services.http.app import create_app
 from services.settings import Settings
-from tests.support import envelope, new_customer_id
+from tests.support import api_key, auth, envelope, new_customer_id
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ def test_a_rebuild_swaps_in_while_queries_run_without_an_error_or_a_partial_answ
     answers: list[tuple[int, Any]] = []
     stop = threading.Event()
 
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=auth(api_key(settings, 'admin'))) as client:
         expected = [client.get(url).json() for url in (f"/customers/{customer_id}", f"/customers/{customer_id}/lifecycle",
                                                         "/lifecycle/stages?as_of=2024-03-15T00:00:00Z")]
 

@@ -23,7 +23,7 @@ import pytest
 from eventstore.store import InteractionLog
 from services.settings import Settings
 from tests.integration.pg_faults import answers, free_port, http_get, log_tail, restart_postgres, start_rapport
-from tests.support import end_offsets, envelope, new_customer_id, publish, stored_event_ids, wait_for
+from tests.support import api_key, end_offsets, envelope, new_customer_id, publish, stored_event_ids, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,9 +61,10 @@ def expected_counts(customers: list[str], events: list[dict[str, Any]]) -> dict[
 class Probe(threading.Thread):
     """GET one URL in a tight loop until stopped; every answer kept with the time it came."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, key: str) -> None:
         super().__init__(name="api-probe", daemon=True)
         self.url = url
+        self.key = key
         self.answers: list[tuple[float, int, dict[str, str], Any]] = []
         self.errors: list[str] = []
         self._stop_event = threading.Event()
@@ -71,7 +72,7 @@ class Probe(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                status, headers, body = http_get(self.url, timeout=30)
+                status, headers, body = http_get(self.url, timeout=30, key=self.key)
             except OSError as error:  # the API must not stop answering: kept, and asserted on
                 self.errors.append(f"{type(error).__name__}: {error}")
                 self._stop_event.wait(0.05)
@@ -108,6 +109,7 @@ def test_everything_rides_through_a_postgres_restart(settings: Settings, store: 
     port = free_port()
     settings = settings.model_copy(update={"api_port": port})
     base = f"http://127.0.0.1:{port}"
+    key = api_key(settings, "analyst")
     customers = [new_customer_id() for _ in range(CUSTOMERS)]
     before = make_events(customers, BEFORE, 0)
     during = make_events(customers, DURING, BEFORE)
@@ -119,7 +121,7 @@ def test_everything_rides_through_a_postgres_restart(settings: Settings, store: 
         return "\n".join(log_tail(tmp_path, name) for name in PROCESSES)
 
     def view(customer: str) -> tuple[int, dict[str, str], Any]:
-        return http_get(f"{base}/customers/{urllib.parse.quote(customer)}")
+        return http_get(f"{base}/customers/{urllib.parse.quote(customer)}", key=key)
 
     publish(settings, before)
     # Small batches and pages: many transactions, so the restart meets both processes mid-stream.
@@ -143,7 +145,7 @@ def test_everything_rides_through_a_postgres_restart(settings: Settings, store: 
         wait_for(lambda: all_running() and view(known)[0] == 200, timeout=120, interval=0.2,
                  what=f"customer {known} in the view before the restart")
 
-        probes = [Probe(f"{base}/customers/{urllib.parse.quote(known)}") for _ in range(PROBES)]
+        probes = [Probe(f"{base}/customers/{urllib.parse.quote(known)}", key) for _ in range(PROBES)]
         for probe in probes:
             probe.start()
         # Kafka stays up: events keep coming, a chunk every 0.1 s, while PostgreSQL restarts.

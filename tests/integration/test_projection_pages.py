@@ -67,11 +67,14 @@ def test_pages_hold_the_notifications_and_events_the_library_gives(store: Intera
         if pages.decode_short(notification) is not None:
             short += 1
             same_event(pages.decode_short(notification), slow)
+    # Their odd values (an integer beyond 64 bits, unknown fields) are personal fields: sealed, and opened by
+    # the transcoder on both paths (eventstore.sealing), so the short path gives the mapper's event for them too.
     odd = {f"{prefix}:big-in-data", f"{prefix}:extra", f"{prefix}:big-in-extra"}
     for notification in expected:
         event = store.mapper.to_domain_event(notification)
         if getattr(event, "event_id", None) in odd:
-            assert pages.decode_short(notification) is None, f"{event.event_id} must go to the mapper"
+            assert b'"sealed"' in notification.state, event.event_id
+            same_event(pages.decode_short(notification), event)
     assert short >= len(history(prefix)), "plain interaction events take the short path"
 
 
@@ -85,7 +88,9 @@ def test_a_typed_value_deeper_in_the_state_goes_to_the_mapper(store: Interaction
     stored_event = store.mapper.to_stored_event(event)
     notification = Notification(id=1, **stored_event.__dict__)
     pages = LogPages(store.recorder, store.mapper)
-    assert pages.decode_short(notification) is None
+    # Unknown fields of a call are personal: sealed, and revived by the transcoder when opened, on either path.
+    assert b'"sealed"' in notification.state and b"1.10" not in notification.state
+    same_event(pages.decode_short(notification), store.mapper.to_domain_event(notification))
     same_event(pages.decode(notification), store.mapper.to_domain_event(notification))
     assert pages.decode(notification).data["amount"] == Decimal("1.10")
 

@@ -27,7 +27,7 @@ from services.bootstrap import ingest_consumer, interaction_log, projector
 from services.http.app import create_app
 from services.settings import Settings
 from tests import stored_v1
-from tests.support import drain, encode, envelope, new_customer_id, own_database, publish, read_topic
+from tests.support import api_key, auth, drain, encode, envelope, new_customer_id, own_database, publish, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +130,7 @@ def test_every_read_model_built_from_old_events_and_rebuilt_answers_with_version
     from services.projections_cli import rebuild
 
     projector(old_settings, old_store).catch_up()
-    with TestClient(create_app(old_settings)) as client:
+    with TestClient(create_app(old_settings), headers=auth(api_key(old_settings, 'admin'))) as client:
         built = api_answers(client)
         for name in READ_MODELS:
             report = rebuild(old_settings, old_store, name)
@@ -187,7 +187,7 @@ def test_ingest_goes_on_with_an_old_stream_and_recognises_its_old_events(
         'duration_ms instead: send duration_ms, or send "version": 1')
 
     projector(old_settings, old_store).catch_up()
-    with TestClient(create_app(old_settings)) as client:
+    with TestClient(create_app(old_settings), headers=auth(api_key(old_settings, 'admin'))) as client:
         items = client.get(f"/customers/{key}/timeline?limit=50").json()["items"]
     calls = {i["event_id"]: i["data"] for i in items if i["type"] == "call"}
     assert calls == {"pbx-01:call:1001": FIRST_CALL, "pbx-01:call:1002": SECOND_CALL,

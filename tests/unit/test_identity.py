@@ -222,3 +222,21 @@ def test_post_events_rejects_an_unreadable_phone_or_email_naming_the_field() -> 
     assert [envelope.event_id for _, envelope in items] == ["ok"]
     assert [(e["index"], e["event_id"]) for e in errors] == [(1, "p"), (2, "e")]
     assert "customer.phone 'call me'" in errors[0]["reason"] and "customer.email" in errors[1]["reason"]
+
+
+def test_emails_and_phones_are_matched_as_keyed_hashes_and_ids_as_written() -> None:
+    from domain.identity import for_matching, key_fingerprint
+
+    key, other = b"k" * 32, b"o" * 32
+    email, phone, account = Identifier("email", "ana@example.com"), Identifier("phone", "+94771234567"), Identifier("id", "crm-1")
+    hashed = for_matching(email, key)
+    assert hashed.kind == "email" and hashed.value.startswith("#") and len(hashed.value) == 33
+    assert "ana" not in hashed.value and hashed == for_matching(email, key)  # stable under one key
+    assert for_matching(email, other) != hashed  # another key: another hash (not a plain digest of the email)
+    assert for_matching(Identifier("email", "ana@example.org"), key) != hashed
+    assert for_matching(Identifier("phone", email.value), key) != hashed  # the kind is part of what is hashed
+    assert for_matching(phone, key).value.startswith("#") and for_matching(account, key) == account
+    assert for_matching(hashed, key) == hashed  # already hashed: kept
+    assert for_matching(email, None) == email
+    assert identifiers_of({"id": "crm-1", "email": " Ana@Example.com "}, key=key) == (account, hashed)
+    assert key_fingerprint(key) == key_fingerprint(key) != key_fingerprint(other) and len(key_fingerprint(key)) == 16
