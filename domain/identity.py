@@ -128,6 +128,20 @@ def for_matching(x: Identifier, key: bytes | None) -> Identifier:
     return Identifier(x.kind, HASH_MARK + hmac.new(key, str(x).encode(), hashlib.sha256).hexdigest()[:32])
 
 
+def named_by(written: Iterable[tuple[str, Any]], region: str, key: bytes | None) -> dict[str, str]:
+    """Each email or phone as written (`(kind, value)` pairs), as identity keeps it (`kind:#hash`) → its normal
+    form (`kind:value`): how views and operators' answers name what identity stores. Unreadable ones are left out."""
+    names: dict[str, str] = {}
+    for kind, raw in written:
+        if kind in HASHED_KINDS and isinstance(raw, str) and raw:
+            try:
+                plain = identifier(kind, raw, region)
+            except UnreadableIdentifier:
+                continue
+            names[str(for_matching(plain, key))] = str(plain)
+    return names
+
+
 def key_fingerprint(key: bytes) -> str:
     """Names a key without revealing it: which key a database's identifiers were hashed under."""
     return hmac.new(key, b"rapport identity key fingerprint", hashlib.sha256).hexdigest()[:16]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from services.settings import Settings
@@ -48,19 +49,11 @@ def add_parser(sub: Any, epilog: str) -> None:
 
 def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
     from services import privacy
-    from services.bootstrap import interaction_log
 
-    store = interaction_log(settings)
-    try:
-        done = privacy.forget(store, settings, args.customer, args.reason, wait_seconds=args.wait)
-    except privacy.ForgetRequestError as error:
-        print(f"rapport customers forget: {error}")
-        return EXIT_REFUSED
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps(done.as_json(), indent=2))
-        return 0
+    done = _with_store(settings, "forget", privacy.ForgetRequestError,
+                       lambda store: privacy.forget(store, settings, args.customer, args.reason, wait_seconds=args.wait))
+    if done is None or args.json:
+        return EXIT_REFUSED if done is None else _print_json(done)
     print(f"forgot {done.customer_id}: {done.keys_destroyed} key(s) destroyed over {len(done.streams)} stream(s); "
           f"{done.dead_letters_erased} dead letter(s) erased; read models "
           + ("caught up" if done.read_models_done else "redacted now, and again when the projector reaches the erasure"))
@@ -69,24 +62,17 @@ def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_correct(args: argparse.Namespace, settings: Settings) -> int:
     from services import identities
-    from services.bootstrap import interaction_log
 
-    store = interaction_log(settings)
-    try:
+    region, key = settings.default_phone_region, settings.matching_key()
+
+    def correct(store: Any) -> Any:
         if args.action == "unmerge":
-            done = identities.unmerge(store, args.customer, args.identifier, settings.default_phone_region, args.reason,
-                                      key=settings.matching_key())
-        else:
-            done = identities.allow(store, args.customer, args.identifier, settings.default_phone_region,
-                                    key=settings.matching_key())
-    except identities.IdentityRequestError as error:
-        print(f"rapport customers {args.action}: {error}")
-        return EXIT_REFUSED
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps(done.as_json(), indent=2))
-        return 0
+            return identities.unmerge(store, args.customer, args.identifier, region, args.reason, key=key)
+        return identities.allow(store, args.customer, args.identifier, region, key=key)
+
+    done = _with_store(settings, args.action, identities.IdentityRequestError, correct)
+    if done is None or args.json:
+        return EXIT_REFUSED if done is None else _print_json(done)
     print(f"{args.action}: {done.separation.a} / {done.separation.b}")
     for identifiers, source, target in done.moves:
         print(f"  {', '.join(identifiers)}: {source} -> {target}")
@@ -94,4 +80,23 @@ def cmd_correct(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  {merged} now redirects to {survivor}")
     if not done.moves:
         print("  nothing moved: no event links them now")
+    return 0
+
+
+def _with_store(settings: Settings, action: str, refused: type[Exception], call: Callable[[Any], Any]) -> Any:
+    """`call(store)` on the event store, or None (the reason printed) when the request is refused."""
+    from services.bootstrap import interaction_log
+
+    store = interaction_log(settings)
+    try:
+        return call(store)
+    except refused as error:
+        print(f"rapport customers {action}: {error}")
+        return None
+    finally:
+        store.close()
+
+
+def _print_json(done: Any) -> int:
+    print(json.dumps(done.as_json(), indent=2))
     return 0

@@ -20,7 +20,7 @@ from eventsourcing.persistence import IntegrityError
 
 from consumers.identity import IdentityPlan, plan_from
 from domain.customer import Customer
-from domain.identity import Identifier, Separation, UnreadableIdentifier, for_matching, identifier, resolve
+from domain.identity import Identifier, Separation, UnreadableIdentifier, for_matching, named_by, resolve
 from eventstore.store import InteractionLog
 
 ATTEMPTS = 5
@@ -56,18 +56,9 @@ def parse(text: str, region: str, key: bytes | None) -> tuple[Identifier, str]:
 def names_of(store: InteractionLog, streams: set[UUID], key: bytes | None, region: str) -> dict[str, str]:
     """Each email and phone the events of these streams carry, as identity keeps it → its normal form: how an
     operator's correction names what moved (a forgotten customer's stay hashes)."""
-    names: dict[str, str] = {}
-    for stream in streams:
-        for event in store.events.get(stream):
-            if isinstance(event, Customer.Interaction):
-                for kind in ("email", "phone"):
-                    if isinstance(raw := event.customer.get(kind), str):
-                        try:
-                            plain = identifier(kind, raw, region)
-                        except UnreadableIdentifier:
-                            continue
-                        names[str(for_matching(plain, key))] = str(plain)
-    return names
+    written = [(kind, event.customer.get(kind)) for stream in streams for event in store.events.get(stream)
+               if isinstance(event, Customer.Interaction) for kind in ("email", "phone")]
+    return named_by(written, region, key)
 
 
 def unmerge(store: InteractionLog, customer_id: str, identifier_text: str, region: str, reason: str = "",

@@ -15,7 +15,15 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from psycopg.sql import SQL
 from pydantic import BaseModel, Field
 
-from domain.identity import DEFAULT_REGION, Identifier, UnreadableIdentifier, for_matching, identifier, in_kind_order
+from domain.identity import (
+    DEFAULT_REGION,
+    Identifier,
+    UnreadableIdentifier,
+    for_matching,
+    identifier,
+    in_kind_order,
+    named_by,
+)
 from eventstore import tables
 from eventstore.identity import IdentityTables, parse_identifier
 from services.http.auth import ADMIN
@@ -127,18 +135,10 @@ def name_identifiers_with(key: bytes, region: str) -> None:
 
 def _names(emails: Iterable[str] | None, phones: Iterable[str] | None) -> dict[str, str]:
     """Each of these emails and phones as identity resolution stores it (`kind:#hash`) → its normal form."""
-    key, region = _DISPLAY["key"], _DISPLAY["region"]
-    names: dict[str, str] = {}
-    if key is None:
-        return names
-    for kind, values in (("email", emails), ("phone", phones)):
-        for raw in values or ():
-            try:
-                plain = identifier(kind, raw, region)
-            except UnreadableIdentifier:
-                continue
-            names[str(for_matching(plain, key))] = str(plain)
-    return names
+    if _DISPLAY["key"] is None:
+        return {}
+    written = [*(("email", e) for e in emails or ()), *(("phone", p) for p in phones or ())]
+    return named_by(written, _DISPLAY["region"], _DISPLAY["key"])
 
 
 def identity_json(identifiers: Iterable[str] | None, refused: Iterable[dict[str, Any]] | None,
