@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -396,6 +397,7 @@ class Settings(BaseSettings):
         return f"{self.kafka_bootstrap} ({how})"
 
 
+@functools.lru_cache(maxsize=1)  # read once per process: every caller needs the same key
 def default_identity_key() -> bytes:
     """The local stack's identity key: read from DEFAULT_IDENTITY_KEY_FILE, made there when missing
     (by one process: the file is created exclusively, and the others read it)."""
