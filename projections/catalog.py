@@ -8,7 +8,8 @@ from projections.lifecycle import Lifecycle
 from projections.readmodel import ReadModel
 from projections.satisfaction import Satisfaction
 from projections.timeline import Timeline
+from projections.value import Value
 
 READ_MODELS: dict[str, type[ReadModel]] = {
-    model.name: model for model in (Customer360, Lifecycle, Satisfaction, Timeline)
+    model.name: model for model in (Customer360, Lifecycle, Satisfaction, Timeline, Value)
 }

@@ -166,6 +166,15 @@ def ensure_schema(settings: Settings) -> None:
     finally:
         store.close()
     ensure_access_tables(settings)
+    ensure_value_tables(settings)
+
+
+def ensure_value_tables(settings: Settings) -> None:
+    """The value models' and the customers' scores' tables (services.value), if missing."""
+    from services import value
+
+    with schema_lock(settings), psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        value.create_tables(conn)
 
 
 def ensure_access_tables(settings: Settings) -> None:

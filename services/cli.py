@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from projections.catalog import READ_MODELS
-from services import audit_cli, customers_cli, keys_cli, projections_cli
+from services import audit_cli, customers_cli, keys_cli, projections_cli, value_cli
 from services.settings import Settings, describe_settings_errors, settings_help
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +156,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     with Processes() as processes:
         processes.start_all(["ingest"] * settings.ingest_processes + ["projector", "api"])
+        processes.start("value", "refresh", "--every", str(settings.value_refresh_seconds))
         return processes.wait()
 
 
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     customers_cli.add_parser(sub, epilog)
     keys_cli.add_parser(sub, epilog)
+    value_cli.add_parser(sub, epilog)
 
     p = sub.add_parser("api", help="serve the HTTP API (OpenAPI page at /docs)",
                        description="Serves GET /customers/{id}, POST /events, GET /health and GET /projections.",

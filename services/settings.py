@@ -199,6 +199,13 @@ class Settings(BaseSettings):
     )
     at_risk_days: int = Field(180, ge=1, description="Lifecycle: days since the last purchase before 'at_risk'.")
     churn_days: int = Field(365, ge=1, description="Lifecycle: days since the last interaction before 'churned'.")
+    value_currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="Segments: the currency whose purchases "
+                                "rank customers by RFM (ISO 4217).")
+    value_discount_rate: float = Field(0.10, ge=0, le=1, description="Customer value: the annual rate future "
+                                       "purchases are discounted at in clv_12m (compounded monthly).")
+    value_refresh_seconds: int = Field(300, ge=5, description="Customer value: seconds between refreshes of the "
+                                       "customers' segments and predictions by `rapport value refresh --every` "
+                                       "(started by `rapport run`).")
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     api_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP API.")
     api_workers: int = Field(2, ge=1, le=64, description="Processes serving the HTTP API (each with its own "

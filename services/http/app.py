@@ -19,6 +19,7 @@ from services.http import (
     privacy,
     satisfaction,
     schema,
+    value,
 )
 from services.http.auth import ANY_KEY, Gatekeeper
 from services.http.lookup import CustomerLookup
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(customers.router)
     app.include_router(lifecycle.router)
     app.include_router(satisfaction.router)
+    app.include_router(value.router)
     app.include_router(operations.router)
     app.include_router(audit.router)
     app.include_router(keys.router)

@@ -20,6 +20,7 @@ from projections import customer_360, lifecycle, timeline
 from projections.checkpoints import CustomerFold
 from projections.customer_360 import count_column, last_column
 from projections.point_in_time import IdentityAt, PointInTime, PointInTimeViews
+from services import value
 from services.http import identity, params
 from services.http.auth import CUSTOMER_READER
 from services.http.identity import By
@@ -218,8 +219,10 @@ def view_of_fold(fold: CustomerFold, point: PointInTime) -> dict[str, Any]:
 # its identity (its identifiers and refused links, from the event store's identity tables).
 # Every part is an index range of this customer's rows.
 VIEW_SQL = (
-    "SELECT c.*, r.currencies, r.revenues, r.orders, p.skus, l.stage, l.since, ident.identifiers, refusal.refused "  # noqa: S608 - names from constants
+    "SELECT c.*, r.currencies, r.revenues, r.orders, p.skus, l.stage, l.since, ident.identifiers, refusal.refused, "  # noqa: S608 - names from constants
+    "v.segment, v.p_alive, v.expected_purchases_12m, v.clv_12m, v.model_currency, v.model_version "
     f"FROM {customer_360.CUSTOMERS.name} c "
+    f"LEFT JOIN {value.SCORES} v ON v.customer_id = c.customer_id "
     "LEFT JOIN LATERAL (SELECT array_agg(currency ORDER BY currency) AS currencies, "
     "array_agg(revenue ORDER BY currency) AS revenues, array_agg(orders ORDER BY currency) AS orders "
     f"FROM {customer_360.REVENUE.name} WHERE customer_id = c.customer_id) r ON true "
@@ -298,4 +301,12 @@ def view_of(row: dict[str, Any]) -> dict[str, Any]:
         "lifecycle": {"stage": row["stage"], "since": params.rfc3339(row["since"])} if row["stage"] is not None
         else {"stage": None, "since": None},
         "identity": identity.identity_json(row.get("identifiers"), row.get("refused"), row["emails"], row["phones"]),
+        "value": {
+            "historical": {currency: format_money(amount) for currency, amount, _ in revenue},
+            "p_alive": row.get("p_alive"),
+            "expected_purchases_12m": row.get("expected_purchases_12m"),
+            "clv_12m": {row["model_currency"]: format_money(row["clv_12m"])} if row.get("clv_12m") is not None else None,
+            "model_version": row.get("model_version"),
+        },
+        "segment": row.get("segment"),
     }

@@ -114,6 +114,10 @@ def expected_view(customer_id: str, events: list[dict[str, Any]]) -> dict[str, A
                                              if e["customer"].get("email")}),
                                      *sorted({f"phone:{e['customer']['phone']}" for e in events if e["customer"].get("phone")})],
                      "refused_links": []},
+        # No value model fitted and no refresh in this test: revenue to date only (contract §6).
+        "value": {"historical": {c: str(v) for c, v in revenue.items()}, "p_alive": None,
+                  "expected_purchases_12m": None, "clv_12m": None, "model_version": None},
+        "segment": None,
     }
 
 
@@ -214,7 +218,7 @@ def test_unknown_customer_is_404_and_progress_is_visible(settings: Settings, api
     wait_for(lambda: http("GET", f"{api}/customers/{customer}", key=keys["analyst"])[0] == 200, timeout=60, what="the customer")
     status, body = http("GET", f"{api}/projections", key=keys["analyst"])
     assert status == 200
-    assert {item["name"] for item in body["items"]} == {"customer_360", "lifecycle", "satisfaction", "timeline"}
+    assert {item["name"] for item in body["items"]} == {"customer_360", "lifecycle", "satisfaction", "timeline", "value"}
     for item in body["items"]:
         # the customer's Registered and EmailLogged events are at least two notifications
         assert item["head"] >= 2 and item["position"] >= 2

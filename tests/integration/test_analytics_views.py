@@ -66,6 +66,6 @@ def test_view_columns_survive_a_rebuild(settings: Settings, store: InteractionLo
     projector(settings, store).catch_up()
     before = view_columns(store)
     assert {"customers", "lifecycle_intervals", "satisfaction_daily", "events"} <= set(before)
-    for name in ("customer_360", "lifecycle", "satisfaction", "timeline"):
+    for name in ("customer_360", "lifecycle", "satisfaction", "timeline", "value"):
         assert rebuild(settings, store, name).swapped
     assert view_columns(store) == before

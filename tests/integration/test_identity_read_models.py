@@ -97,7 +97,7 @@ def ingest_in_batches(settings: Settings, messages: list[dict[str, Any]], batche
 ], ids=["in-order", "purchase-first", "backwards"])
 def test_a_person_linked_late_has_the_rows_of_one_known_from_the_start(settings: Settings, batches: list[list[int]]) -> None:
     assert sorted(i for batch in batches for i in batch) == list(range(6))
-    assert set(READ_MODELS) == {"customer_360", "lifecycle", "satisfaction", "timeline"}, "a new read model: add it here"
+    assert set(READ_MODELS) == {"customer_360", "lifecycle", "satisfaction", "timeline", "value"}, "a new read model: add it here"
     with world(settings, "known") as known:
         ingest_in_batches(known, journey(account_everywhere=True), [list(range(6))])
         expected = read_model_rows(known)

@@ -44,7 +44,7 @@ def test_metrics_count_what_ingest_stored_and_where_each_read_model_stands(
     assert found[("rapport_ingest_dead_letters_total", topic)] == 1
     assert found[("rapport_ingest_batches_total", topic)] >= 1
     assert found[("rapport_event_store_head", ())] == head
-    for name in ("customer_360", "lifecycle", "satisfaction", "timeline"):
+    for name in ("customer_360", "lifecycle", "satisfaction", "timeline", "value"):
         model = (("read_model", name),)
         assert found[("rapport_projection_position", model)] == head
         assert found[("rapport_projection_lag_events", model)] == 0

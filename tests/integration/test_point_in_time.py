@@ -123,6 +123,11 @@ def test_as_of_shows_what_was_true_then_including_events_recorded_later(
                          "last_csat_score": None},
         "lifecycle": {"stage": "acquired", "since": "2020-01-20T08:00:00Z"},
         "identity": {"identifiers": [f"id:{c}", f"email:{email_of(c)}"], "refused_links": []},
+        # Predictions and segments score the whole population at a refresh, not a fold of this customer's
+        # events: a point-in-time view gives the revenue to date only (README, Customer value).
+        "value": {"historical": {"EUR": "5.50"}, "p_alive": None, "expected_purchases_12m": None, "clv_12m": None,
+                  "model_version": None},
+        "segment": None,
     }
     # Three purchases by May (the late one too), NPS 9 after the second: advocate since the NPS.
     may = get(client, f"/customers/{c}", as_of="2020-05-01")

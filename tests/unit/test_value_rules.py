@@ -1,0 +1,78 @@
+"""RFM segment names (domain.segments) and the value model's fit (domain.value_model), without I/O."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date
+
+import pytest
+
+from domain import segments
+from domain.value_model import FitError, Histories, fit, monthly_rate, predict
+from services import cdnow
+
+
+def test_the_map_names_every_cell_with_one_of_the_eight_segments() -> None:
+    cells = segments.segment_map()
+    assert len(cells) == 25 and {name for *_, name in cells} == set(segments.SEGMENTS)
+    assert set(segments.MEANINGS) == set(segments.SEGMENTS)
+
+
+@pytest.mark.parametrize(("r", "f", "name"), [
+    (5, 5, "champions"), (5, 4, "champions"), (4, 5, "loyal"), (3, 4, "loyal"), (5, 1, "new"), (4, 1, "new"),
+    (5, 2, "potential_loyalists"), (3, 3, "potential_loyalists"), (2, 3, "at_risk"), (1, 4, "at_risk"),
+    (1, 5, "cant_lose"), (2, 5, "cant_lose"), (3, 1, "hibernating"), (2, 2, "hibernating"), (1, 2, "hibernating"),
+    (1, 1, "lost"),
+])
+def test_cells_of_the_map(r: int, f: int, name: str) -> None:
+    assert segments.segment_of(r, f) == name
+
+
+def test_scores_outside_1_to_5_are_refused() -> None:
+    with pytest.raises(ValueError, match="1 to 5"):
+        segments.segment_of(0, 3)
+
+
+def cdnow_histories(end: date) -> Histories:
+    """The sample summarised here from its own text (not by services.value's SQL): per customer and day."""
+    days: dict[str, dict[date, float]] = defaultdict(lambda: defaultdict(float))
+    for line in cdnow.sample_text().split("\n"):
+        if line.strip():
+            customer, _, day, _, amount = line.split()
+            when = date(int(day[:4]), int(day[4:6]), int(day[6:]))
+            if when <= end:
+                days[customer][when] += float(amount)
+    rows = []
+    for by_day in days.values():
+        ordered = sorted(by_day)
+        repeats = [by_day[d] for d in ordered[1:]]
+        rows.append((len(ordered) - 1, (ordered[-1] - ordered[0]).days, (end - ordered[0]).days,
+                     sum(repeats) / len(repeats) if repeats else 0.0))
+    return Histories.of_days(rows)
+
+
+def test_the_cdnow_sample_fits_the_published_parameters() -> None:
+    histories = cdnow_histories(date(1997, 9, 30))
+    assert len(histories) == cdnow.CUSTOMERS
+    bgnbd, gamma_gamma = fit(histories)
+    found = {"r": bgnbd.r, "alpha": bgnbd.alpha, "a": bgnbd.a, "b": bgnbd.b, "p": gamma_gamma.p, "q": gamma_gamma.q,
+             "gamma": gamma_gamma.gamma}
+    assert {k: v for k, v in found.items() if abs(v - cdnow.PUBLISHED[k]) > 0.01 * cdnow.PUBLISHED[k]} == {}
+
+    predicted = predict(bgnbd, gamma_gamma, histories, 0.10)
+    assert ((predicted.p_alive >= 0) & (predicted.p_alive <= 1)).all()
+    # No repeat purchase: alive for sure under BG/NBD (a customer can only die after a purchase).
+    assert (predicted.p_alive[histories.frequency == 0] == 1).all()
+    # Expected purchases over 12 months sum to about the sample's repeat purchases of the year after (FHL fig. 2).
+    assert 0 < predicted.expected_purchases.sum() < 3 * histories.frequency.sum()
+    undiscounted = predict(bgnbd, gamma_gamma, histories, 0.0)
+    assert (undiscounted.clv >= predicted.clv).all() and (undiscounted.clv > predicted.clv).any()
+
+
+def test_too_few_customers_cannot_be_fitted() -> None:
+    with pytest.raises(FitError, match="too few purchases"):
+        fit(Histories.of_days([(1, 10, 20, 5.0)] * 5))
+
+
+def test_the_monthly_rate_compounds_to_the_annual() -> None:
+    assert (1 + monthly_rate(0.10)) ** 12 == pytest.approx(1.10)
