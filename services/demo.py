@@ -18,12 +18,13 @@ from consumers.ingest import kafka_producer
 from domain.contract import utc_now
 from eventstore import tables
 from projections import customer_360
+from services import cdnow
 from services.bootstrap import interaction_log, projector
 from services.processes import Processes
 from services.projections_cli import print_report, rebuild
 from services.settings import Settings
 from services.topics import ensure_topics
-from tools.demo_data import generate_demo_data
+from tools.demo_data import DemoMessage, generate_demo_data
 from tools.identity_story import HOUSEHOLD, PERSON, identity_story
 
 
@@ -109,6 +110,11 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
             kinds[m.kind] = kinds.get(m.kind, 0) + 1
         _say(f"generated {len(data.messages)} messages: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
         publish(settings, data.messages + identity_story(utc_now()))
+    if not _has_cdnow(store):
+        _say(f"publishing the CDNOW sample ({cdnow.TRANSACTIONS} purchases of {cdnow.CUSTOMERS} customers, 1997-98, "
+             f"from the lifetimes package) as source {cdnow.SOURCE!r} ...")
+        publish(settings, [DemoMessage(e["customer"]["id"].encode(), json.dumps(e).encode(), "valid")
+                           for e in cdnow.envelopes()])
 
     stale = projector(settings, store).stale
     for name in stale:  # tables of an older Rapport: roll the new version out as an operator would
@@ -138,11 +144,58 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
         sample = (data.sample_customer_ids[0] if data else None) or _any_customer(store)
         _wait_for_api(base, processes)
         _KEY["key"] = _demo_key(settings)
+        _fit_value_models(base)
+        processes.start("value", "refresh", "--every", str(settings.value_refresh_seconds))
         _print_where_to_look(settings, store, base, sample)
         if not serve:
             return 0
         _say("Press Ctrl-C to stop.")
         return processes.wait()
+
+
+def _has_cdnow(store: Any) -> bool:
+    first = next(cdnow.envelopes())["event_id"]
+    with store.factory.datastore.get_connection() as conn:
+        return conn.execute(f"SELECT 1 FROM {tables.EVENT_IDS} WHERE event_id = %s", (first,)).fetchone() is not None  # noqa: S608 - names from constants
+
+
+def _post_json(url: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"X-API-Key": _KEY["key"], "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310 - our own localhost API
+        return json.loads(response.read())
+
+
+_MODELS: dict[str, Any] = {}  # the demo's two fits, for the lines it prints
+
+
+def _fit_value_models(base: str) -> None:
+    """The value model twice: on the CDNOW sample to the papers' calibration end (to compare with the
+    published parameters), then on every USD purchase up to now (the one customers are scored with)."""
+    _say("fitting the value model on the CDNOW sample (calibration end 1997-09-30), then on every USD purchase ...")
+    _MODELS["cdnow"] = _post_json(f"{base}/value/model/fit", {"calibration_end": cdnow.CALIBRATION_END,
+                                                             "currency": "USD", "source": cdnow.SOURCE})
+    now = utc_now().replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    _MODELS["all"] = _post_json(f"{base}/value/model/fit", {"calibration_end": now, "currency": "USD"})
+
+
+def _print_value(base: str) -> None:
+    """The value lines: the CDNOW fit beside the published figures, segments, the dashboard."""
+    if "cdnow" in _MODELS:
+        fitted = {**_MODELS["cdnow"]["bgnbd"], **_MODELS["cdnow"]["gamma_gamma"]}
+        worst = max(abs(fitted[k] - v) / v for k, v in cdnow.PUBLISHED.items())
+        _say(f"  value model:  curl $K {base}/value/model   (CDNOW, to 1997-09-30: "
+             + ", ".join(f"{k} {fitted[k]:.3f}" for k in cdnow.PUBLISHED)
+             + "; Fader, Hardie & Lee published " + ", ".join(f"{k} {v}" for k, v in cdnow.PUBLISHED.items())
+             + f": at most {worst:.2%} apart)")
+        latest = _MODELS["all"]
+        _say(f"                customers are scored with version {latest['version']}, fitted on {latest['customers']} "
+             f"customers' {latest['purchases']} USD purchase days up to now; refit: .venv/bin/rapport value fit "
+             "--calibration-end 2026-01-01 (or POST /value/model/fit)")
+    segments = _get_json(f"{base}/segments")["segments"]
+    _say(f"  segments:     curl $K {base}/segments   (" + ", ".join(f"{s['name']} {s['customers']}" for s in segments)
+         + f"); members: curl $K {base}/segments/champions/customers")
+    _say(f"  by cohort:    curl $K {base}/value/cohorts   distribution: curl $K {base}/value/distribution")
 
 
 def _print_audit(base: str, sample: str, customer: str) -> None:
@@ -208,7 +261,10 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
          '`Authorization: Bearer` works too)')
     _say(f"  a customer:   curl $K {customer}")
     _say(f"                (stage {view['lifecycle']['stage']} since {view['lifecycle']['since']}, "
-         f"{sum(view['interaction_counts'].values())} interactions)")
+         f"{sum(view['interaction_counts'].values())} interactions, segment {view['segment']}"
+         + (f", alive with p {view['value']['p_alive']:.2f}, 12-month CLV "
+            + " ".join(f"{c} {v}" for c, v in view["value"]["clv_12m"].items())
+            if view["value"]["p_alive"] is not None else "") + ")")
     _say(f"  its history:  curl $K {customer}/lifecycle      its events: curl $K '{customer}/timeline?limit=20'")
     _say(f"  stages now:   curl $K {base}/lifecycle/stages   ({', '.join(f'{k} {v}' for k, v in stages.items())})")
     _say(f"  flow:         curl $K '{base}/lifecycle/flow?from=2026-01-01&to=2026-04-01'")
@@ -217,6 +273,7 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
     _say(f"  call back:    curl $K {base}/satisfaction/alarms   ({len(alarms)}{'+' if len(alarms) == 500 else ''} "
          "customers whose latest answer is an alarm, last 30 days)")
     _say(f"  revenue:      curl $K {base}/satisfaction/revenue-by-category")
+    _print_value(base)
     _print_audit(base, sample, customer)
     _print_identity(base)
     _say(f"  privacy:      names, emails, phones and free text are stored sealed under a key per customer; forget one: "
