@@ -8,6 +8,9 @@ customers whose RFM scores follow from the contract's words by hand.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +23,7 @@ from services import cdnow
 from services.bootstrap import conninfo, interaction_log
 from services.http.app import create_app
 from services.settings import Settings
+from tests.conftest import settings_env
 from tests.support import api_key, auth, deliver, envelope, iso, own_database
 
 pytestmark = pytest.mark.integration
@@ -84,6 +88,22 @@ def test_cdnow_through_kafka_fits_the_published_parameters(own: tuple[Settings, 
     distribution = client.get("/value/distribution", params={"buckets": 5}).json()
     assert len(distribution["buckets"]) == 5 and distribution["buckets"][-1]["to"] is None
     assert sum(b["customers"] for b in distribution["buckets"]) == cdnow.CUSTOMERS
+
+    # The same from the shell: a new version with the same parameters; `model` prints it.
+    env = settings_env(settings)
+    fitted = subprocess.run([sys.executable, "-m", "services.cli", "value", "fit", "--calibration-end", "1997-09-30",
+                             "--source", "cdnow", "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert fitted.returncode == 0, fitted.stderr
+    again = json.loads(fitted.stdout)
+    assert again["version"] == model["version"] + 1
+    assert again["bgnbd"] == pytest.approx(model["bgnbd"], rel=1e-6)
+    assert again["gamma_gamma"] == pytest.approx(model["gamma_gamma"], rel=1e-6)
+    shown = subprocess.run([sys.executable, "-m", "services.cli", "value", "model"], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert json.loads(shown.stdout) == again
+    refused = subprocess.run([sys.executable, "-m", "services.cli", "value", "fit", "--calibration-end", "1990-01-01"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "no purchase in USD by 1990-01-01" in refused.stdout
 
 
 def test_a_fit_names_what_is_wrong(own: tuple[Settings, Any, TestClient]) -> None:
@@ -152,7 +172,7 @@ def test_segments_rank_every_customer_as_of_a_moment(own: tuple[Settings, Any, T
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
         from services import value
         value.refresh(conn, "USD", 0.1, datetime.now(UTC))
-    for customer_id, (_, r, f, segment) in CUSTOMERS.items():
+    for customer_id, (*_, segment) in CUSTOMERS.items():
         view = client.get(f"/customers/{customer_id}").json()
         assert view["segment"] == segment, customer_id
         assert view["value"] == {"historical": view["purchases"]["revenue"], "p_alive": None,
