@@ -14,6 +14,8 @@ do not value customers never load it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import pandas as pd
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # lifetimes 0.11.3 sets a pandas option pandas 3 deprecated, when imported
     from lifetimes import BetaGeoFitter, GammaGammaFitter
+    from lifetimes.utils import ConvergenceError
 
 WEEKS_PER_MONTH = 4.345  # lifetimes' own factor for monthly steps over weekly data
 HORIZON_MONTHS = 12
@@ -85,12 +88,19 @@ def fit(histories: Histories) -> tuple[BgNbd, GammaGamma]:
     if np.any(histories.monetary[repeaters] <= 0):
         raise FitError("Gamma-Gamma needs a positive value per repeat purchase day; some customers' repeat purchases "
                        "sum to 0 (free orders): fit a period or source without them")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # lifetimes warns about pandas idioms, not about the fit
-        bgf = BetaGeoFitter(penalizer_coef=0.0).fit(
-            pd.Series(histories.frequency), pd.Series(histories.recency), pd.Series(histories.age))
-        ggf = GammaGammaFitter(penalizer_coef=0.0).fit(
-            pd.Series(histories.frequency[repeaters]), pd.Series(histories.monetary[repeaters]))
+    # lifetimes warns about pandas idioms, not about the fit, and prints the optimiser's state when it fails
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            bgf = BetaGeoFitter(penalizer_coef=0.0).fit(
+                pd.Series(histories.frequency), pd.Series(histories.recency), pd.Series(histories.age))
+            ggf = GammaGammaFitter(penalizer_coef=0.0).fit(
+                pd.Series(histories.frequency[repeaters]), pd.Series(histories.monetary[repeaters]))
+        except ConvergenceError as error:
+            raise FitError(f"the models did not converge on these purchases ({len(histories)} customers, "
+                           f"{int(repeaters.sum())} with a repeat purchase day): the data may not follow them, or be too "
+                           f"few; widen the period or pick another source. lifetimes said: "
+                           f"{str(error).strip().splitlines()[0]}") from None
     b, g = bgf.params_, ggf.params_
     return BgNbd(float(b["r"]), float(b["alpha"]), float(b["a"]), float(b["b"])), \
         GammaGamma(float(g["p"]), float(g["q"]), float(g["v"]))

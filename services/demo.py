@@ -259,6 +259,8 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
          "`rapport keys create`, shown once; every route but /health needs one)")
     _say('                K="-H X-API-Key:$RAPPORT_KEY"   (the commands below send it with $K; '
          '`Authorization: Bearer` works too)')
+    _say(f"  dashboard:    {base}/dashboard#key={_KEY['key']}   (open it in a browser: trends, funnel and flow, "
+         "revenue by satisfaction, call-backs, alerts, value, segments, lag; the key stays in that tab)")
     _say(f"  a customer:   curl $K {customer}")
     _say(f"                (stage {view['lifecycle']['stage']} since {view['lifecycle']['since']}, "
          f"{sum(view['interaction_counts'].values())} interactions, segment {view['segment']}"

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from services.http import (
     audit,
     customers,
+    dashboard,
     errors,
     events,
     identity,
@@ -65,4 +66,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(keys.router)
     app.include_router(schema.router, dependencies=[ANY_KEY])  # the producers' contract: any key may read it
+    app.include_router(dashboard.router)  # the analysts' page and its files: no data, no key (the page asks for one)
     return app

@@ -3,7 +3,8 @@ do not include the one the route needs, each with a sentence saying which.
 
 A key comes as `Authorization: Bearer rk_…` or `X-API-Key: rk_…` (`services.access`). Each router
 declares the role its routes need (`needs`), so the rule sits beside the routes and the OpenAPI
-document shows the schemes on every operation; `/health` and the documentation pages need none.
+document shows the schemes on every operation; `/health`, the documentation pages and the dashboard's
+page and files (no data: the page asks for a key and sends it with each request) need none.
 Keys are cached for `KEY_CACHE_SECONDS`: a revoked key stops working within that time, and the hot
 path of `GET /customers/{id}` (`lookup.py`) checks keys without a round trip.
 Each request of a key with the auditor or admin role is written to the access log before it is

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 
 from services import access
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("producer", "analyst", "auditor", "admin")
 OPEN = "open"  # no key needed
 
-# Every operation of the OpenAPI document and the roles that may call it (admin may call everything).
+# Every route and the roles that may call it (admin may call everything): the operations of the OpenAPI
+# document, and the open routes kept out of it.
 NEEDS: dict[tuple[str, str], tuple[str, ...] | str] = {
     ("GET", "/health"): OPEN,
     ("POST", "/events"): ("producer",),
@@ -57,6 +59,9 @@ NEEDS: dict[tuple[str, str], tuple[str, ...] | str] = {
     ("POST", "/keys"): ("admin",),
     ("GET", "/keys"): ("admin",),
     ("POST", "/keys/{key_id}/revoke"): ("admin",),
+    # The analysts' dashboard (services/http/dashboard.py), out of the OpenAPI document: a page and files without data.
+    ("GET", "/dashboard"): OPEN,
+    ("GET", "/dashboard/static/{name}"): OPEN,
 }
 # Views at a point in time are the auditors' (contract §5), on the routes that build them from the event store.
 POINT_IN_TIME = {("GET", "/customers/{customer_id}"), ("GET", "/customers/{customer_id}/lifecycle"),
@@ -78,10 +83,24 @@ def role_keys(client: TestClient, settings: Settings) -> dict[str, str]:
     return {role: api_key(settings, role, name=f"test {role}") for role in ROLES}
 
 
-def test_every_route_in_the_openapi_document_has_a_role_rule(client: TestClient) -> None:
-    found = {(method, path) for method, path, _ in operations(client)}
+def routed(client: TestClient) -> set[tuple[str, str]]:
+    """Every method and path the application routes, in the OpenAPI document or not (FastAPI's own
+    documentation pages aside), written as the document writes them."""
+    contexts = iter_route_contexts(client.app.routes)  # type: ignore[attr-defined]
+    return {(method, c.path_format) for c in contexts if isinstance(c.original_route, APIRoute) for method in c.methods or ()}
+
+
+def test_every_route_has_a_role_rule(client: TestClient) -> None:
+    found = routed(client)
+    documented = {(method, path) for method, path, _ in operations(client)}
+    assert documented <= found
     assert found - set(NEEDS) == set(), "a route without a row in NEEDS: say which role may call it, and check it"
     assert set(NEEDS) - found == set(), "NEEDS names a route the API no longer has"
+    # The tests below go over the OpenAPI document: a route kept out of it must need no key, and must not ask for one.
+    assert {r for r in found - documented if NEEDS[r] != OPEN} == set(), "only open routes may stay out of the document"
+    client.headers.pop("Authorization")
+    for method, path in found - documented:
+        assert client.request(method, concrete(path)).status_code not in (401, 403), (method, path)
 
 
 def test_every_route_but_health_shows_both_schemes_in_openapi(client: TestClient) -> None:

@@ -76,3 +76,9 @@ def test_too_few_customers_cannot_be_fitted() -> None:
 
 def test_the_monthly_rate_compounds_to_the_annual() -> None:
     assert (1 + monthly_rate(0.10)) ** 12 == pytest.approx(1.10)
+
+
+def test_purchases_the_models_cannot_fit_are_a_fit_error_not_a_crash() -> None:
+    # Every customer buys every day of the period and never stops: no finite maximum of the likelihood.
+    with pytest.raises(FitError):
+        fit(Histories.of_days([(100, 100, 100, 5.0 + n % 3) for n in range(50)]))
