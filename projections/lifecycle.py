@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer
 from domain.lifecycle import LifecycleFact, LifecycleFold, StageInterval
+from projections.alerts import AlertOutbox
 from projections.readmodel import (
     LIVE_SCHEMA,
     Batch,
@@ -140,6 +141,8 @@ class Lifecycle(ReadModel):
     def __init__(self, schema: str = LIVE_SCHEMA, settings: ModelSettings | None = None) -> None:
         super().__init__(schema, settings)
         self.thresholds = self.settings.thresholds
+        # Only the live copy raises alerts (projections/alerts.py): a rebuild or a replay tells no one.
+        self.alerts = AlertOutbox(self.settings.alert_max_age) if schema == LIVE_SCHEMA else None
         self._upsert_folds = FOLDS.insert_sql(schema, "DO UPDATE SET fold = excluded.fold")
         self._interval_columns = [c.name for c in INTERVALS.columns if c.name != "during"]
         columns = ", ".join(self._interval_columns)
@@ -150,6 +153,9 @@ class Lifecycle(ReadModel):
         )
         self._stage_days = MergeTable(STAGE_DAYS)
         self._upsert_stage_days = self._stage_days.upsert_sql(schema)
+
+    def create_statements(self) -> list[str]:
+        return super().create_statements() + (self.alerts.create_statements() if self.alerts else [])
 
     def apply(self, curs: Any, events: Sequence[Any]) -> None:
         batch = self.batch(curs)
@@ -199,6 +205,8 @@ class Lifecycle(ReadModel):
                 fold = folds[customer_id] = LifecycleFold(self.thresholds)
                 fold.add(every[customer_id])
         self._write(curs, folds)
+        if self.alerts is not None:
+            self.alerts.raise_from_folds(curs, new, folds)
 
     def _write(self, curs: Any, folds: dict[str, LifecycleFold]) -> None:
         """Replace each customer's intervals from the first that may change (the one current at

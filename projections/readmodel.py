@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Context, localcontext
 from enum import Enum
 from functools import partial
@@ -35,6 +36,7 @@ class ModelSettings:
     """What read models take from Rapport's settings (built by the composition root)."""
 
     thresholds: LifecycleThresholds = LifecycleThresholds()
+    alert_max_age: timedelta = timedelta(days=30)  # RAPPORT_ALERT_MAX_AGE_DAYS: older changes raise no alert
 
 
 class Merge(Enum):

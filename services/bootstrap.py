@@ -244,7 +244,7 @@ def read_models(settings: Settings, names: list[str] | None = None, schema: str 
     if unknown:
         raise UnknownReadModel(f"no read model {', '.join(map(repr, unknown))}; "
                                f"the read models are: {', '.join(READ_MODELS)}")
-    options = ModelSettings(thresholds=settings.thresholds)
+    options = ModelSettings(thresholds=settings.thresholds, alert_max_age=settings.alert_max_age)
     return [READ_MODELS[name](schema, options) for name in names or READ_MODELS]
 
 

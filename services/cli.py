@@ -61,6 +61,19 @@ def cmd_projector(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    from services.alerts import AlertRelay
+    from services.bootstrap import check_database, check_kafka
+    from services.topics import ensure_alert_topic
+
+    stop = _stop_on_signals()
+    check_database(settings)
+    check_kafka(settings)
+    ensure_alert_topic(settings.kafka_client_config, settings.alert_topic)
+    AlertRelay(settings).run(stop)
+    return 0
+
+
 def tune_garbage_collector() -> None:
     """Batches and pages make many short-lived objects and few cycles: collect less often, and
     never scan the objects made at start-up (modules, settings) again."""
@@ -155,7 +168,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from services.processes import Processes
 
     with Processes() as processes:
-        processes.start_all(["ingest"] * settings.ingest_processes + ["projector", "api"])
+        processes.start_all(["ingest"] * settings.ingest_processes + ["projector", "alerts", "api"])
         processes.start("value", "refresh", "--every", str(settings.value_refresh_seconds))
         return processes.wait()
 
@@ -213,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this read model (repeat for several); default: all")
     p.set_defaults(func=cmd_projector)
 
+    p = sub.add_parser("alerts", help="raise alerts by the passing of time and publish every alert to Kafka until SIGTERM",
+                       description="Publishes each alert Rapport raises (an alarm answer, a customer entering at_risk "
+                       "or churned) to RAPPORT_ALERTS_TOPIC (default <topic>.alerts, created if missing), keyed by "
+                       "customer, exactly once: the projector writes alerts into the table `alerts` in the lifecycle "
+                       "read model's transaction, and this process relays them, reading back what it published "
+                       "before a crash. Every RAPPORT_ALERT_RAISE_INTERVAL_SECONDS it also raises the alerts of "
+                       "changes by the passing of time (no purchase for RAPPORT_AT_RISK_DAYS, no interaction for "
+                       "RAPPORT_CHURN_DAYS) whose moment has come. A change older than RAPPORT_ALERT_MAX_AGE_DAYS "
+                       "when Rapport learns of it raises none. Rides through outages of Kafka and PostgreSQL; stops "
+                       "cleanly on SIGTERM/Ctrl-C. Run one (a second one waits).",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=cmd_alerts)
+
     projections_cli.add_parser(sub, epilog)
     projections_cli.add_replay_parser(sub, epilog)
     audit_cli.add_parser(sub, epilog)
@@ -230,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("run", help="run ingest, projector and API together until Ctrl-C",
-                       description="Starts `rapport ingest`, `rapport projector` and `rapport api` as child processes; "
-                       "Ctrl-C or SIGTERM stops all three; if one ends on its own, the others are stopped and the "
+                       description="Starts `rapport ingest`, `rapport projector`, `rapport alerts`, `rapport api` and "
+                       "`rapport value refresh --every RAPPORT_VALUE_REFRESH_SECONDS` as child processes; Ctrl-C or "
+                       "SIGTERM stops them all; if one ends on its own, the others are stopped and the "
                        "exit code is 1.", epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=cmd_run)
 

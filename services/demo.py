@@ -123,7 +123,7 @@ def run_demo(settings: Settings, customers: int, events: int, seed: int, republi
         print_report(rebuild(settings, store, name))
 
     with Processes() as processes:
-        processes.start_all(["ingest"] * settings.ingest_processes + ["projector", "api"])
+        processes.start_all(["ingest"] * settings.ingest_processes + ["projector", "alerts", "api"])
         targets = end_offsets(settings)
         total = sum(targets.values())
 
@@ -275,6 +275,8 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
     _say(f"  call back:    curl $K {base}/satisfaction/alarms   ({len(alarms)}{'+' if len(alarms) == 500 else ''} "
          "customers whose latest answer is an alarm, last 30 days)")
     _say(f"  revenue:      curl $K {base}/satisfaction/revenue-by-category")
+    _say(f"  alerts:       curl $K {base}/alerts   ({len(_get_json(f'{base}/alerts?limit=500')['items'])} raised in the last "
+         f"30 days, each also once on Kafka topic {settings.alert_topic}; older changes raise none)")
     _print_value(base)
     _print_audit(base, sample, customer)
     _print_identity(base)

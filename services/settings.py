@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import stat
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -199,6 +200,12 @@ class Settings(BaseSettings):
     )
     at_risk_days: int = Field(180, ge=1, description="Lifecycle: days since the last purchase before 'at_risk'.")
     churn_days: int = Field(365, ge=1, description="Lifecycle: days since the last interaction before 'churned'.")
+    alerts_topic: str = Field("", description="Topic `rapport alerts` publishes alerts to; default: <topic>.alerts.")
+    alert_max_age_days: int = Field(
+        30, ge=1, description="Alerts: a change older than this when Rapport learns of it (a replay of history, a first "
+                              "deployment, a late event) raises no alert.")
+    alert_raise_interval_seconds: float = Field(
+        5.0, gt=0, description="Alerts: how often `rapport alerts` looks for stage changes by the passing of time.")
     value_currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="Segments: the currency whose purchases "
                                 "rank customers by RFM (ISO 4217).")
     value_discount_rate: float = Field(0.10, ge=0, le=1, description="Customer value: the annual rate future "
@@ -250,11 +257,11 @@ class Settings(BaseSettings):
             _check_libpq_key_mode(path)
         return value
 
-    @field_validator("topic", "dlq_topic")
+    @field_validator("topic", "dlq_topic", "alerts_topic")
     @classmethod
     def _topic_name(cls, value: str, info: Any) -> str:
-        if value == "" and info.field_name == "dlq_topic":
-            return value  # default: <topic>.dlq
+        if value == "" and info.field_name in ("dlq_topic", "alerts_topic"):
+            return value  # default: <topic>.dlq, <topic>.alerts
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
             raise ValueError(f"{value!r} is not a Kafka topic name: 1–249 of letters, digits, '.', '_', '-'")
         return value
@@ -295,6 +302,8 @@ class Settings(BaseSettings):
     def _topics_differ(self) -> Settings:
         if self.dead_letter_topic == self.topic:
             raise ValueError("RAPPORT_DLQ_TOPIC must differ from RAPPORT_TOPIC (dead letters would be read again)")
+        if self.alert_topic in (self.topic, self.dead_letter_topic):
+            raise ValueError("RAPPORT_ALERTS_TOPIC must differ from RAPPORT_TOPIC and RAPPORT_DLQ_TOPIC")
         return self
 
     @field_validator("default_phone_region")
@@ -331,6 +340,14 @@ class Settings(BaseSettings):
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
+
+    @property
+    def alert_topic(self) -> str:
+        return self.alerts_topic or f"{self.topic}.alerts"
+
+    @property
+    def alert_max_age(self) -> timedelta:
+        return timedelta(days=self.alert_max_age_days)
 
     @property
     def thresholds(self) -> LifecycleThresholds:

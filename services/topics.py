@@ -48,3 +48,16 @@ def delete_topics(client: dict[str, Any] | list[str], topics: list[str]) -> None
         admin.delete_topics(topics)
     finally:
         admin.close()
+
+
+def ensure_alert_topic(client: dict[str, Any] | list[str], topic: str, partitions: int = 6) -> None:
+    """The topic `rapport alerts` publishes to (contract §6), keyed by customer like `interactions`."""
+    admin = admin_client(client)
+    try:
+        if topic not in set(admin.list_topics()):
+            try:
+                admin.create_topics([NewTopic(name=topic, num_partitions=partitions, replication_factor=1)])
+            except TopicAlreadyExistsError:
+                pass  # created meanwhile by another process
+    finally:
+        admin.close()

@@ -12,7 +12,9 @@ and the segment and cohort queries behind the routes and `rapport value`.
   `RAPPORT_VALUE_REFRESH_SECONDS` by `rapport value refresh --every`, which `rapport run` starts.
 - **Segments.** RFM scores are quintiles among all customers with purchases, so a segment depends on
   everyone: `GET /segments?as_of=T` ranks them all as of T in one statement (window functions).
-  The score rule is that statement's; the names come from `domain.segments`.
+  The score rule is that statement's; the names come from `domain.segments`. Without `as_of`, the
+  segments and their members are those of the latest refresh (`as_of` says when), read from
+  `value_scores` without ranking anyone.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ CREATE TABLE IF NOT EXISTS {MODELS} (
 CREATE TABLE IF NOT EXISTS {SCORES} (
     customer_id text COLLATE "C" PRIMARY KEY,
     segment_currency text,
-    recency_days int, frequency int, monetary numeric,
+    recency_days int, frequency int, monetary numeric, last_purchase_at timestamptz,
     r_score int, f_score int, m_score int, segment text,
     model_version int,
     model_currency text,
@@ -59,6 +61,7 @@ CREATE TABLE IF NOT EXISTS {SCORES} (
     p_alive float8, expected_purchases_12m float8, clv_12m numeric,
     refreshed_at timestamptz NOT NULL
 );
+ALTER TABLE {SCORES} ADD COLUMN IF NOT EXISTS last_purchase_at timestamptz;
 CREATE INDEX IF NOT EXISTS {SCORES}_segment ON {SCORES} (segment, customer_id);
 """
 
@@ -202,6 +205,33 @@ def segment_counts(conn: psycopg.Connection[Any], currency: str, as_of: datetime
             for name in segment_rules.SEGMENTS]
 
 
+def scored_segments(conn: psycopg.Connection[Any], currency: str) -> tuple[datetime, list[dict[str, Any]]] | None:
+    """`segment_counts` as of the latest refresh, from `value_scores` (no ranking): its moment and
+    counts; None when no refresh has scored anyone in `currency`."""
+    with conn.cursor(row_factory=dict_row) as curs:
+        rows = curs.execute(
+            f"SELECT segment, count(*) AS customers, sum(monetary) AS revenue, max(refreshed_at) AS at FROM {SCORES} "  # noqa: S608 - names from constants
+            "WHERE segment IS NOT NULL AND segment_currency = %s GROUP BY segment", (currency,)).fetchall()
+    if not rows:
+        return None
+    found = {r["segment"]: r for r in rows}
+    return max(r["at"] for r in rows), [
+        {"name": name, "customers": found[name]["customers"] if name in found else 0,
+         "revenue": {currency: money(found[name]["revenue"] if name in found else Decimal(0))}}
+        for name in segment_rules.SEGMENTS]
+
+
+def scored_members(conn: psycopg.Connection[Any], currency: str, segment: str, after: str | None,
+                   limit: int) -> list[dict[str, Any]]:
+    """`segment_members` as of the latest refresh, from `value_scores` (an index range)."""
+    with conn.cursor(row_factory=dict_row) as curs:
+        return curs.execute(
+            f"SELECT customer_id, recency_days, frequency, monetary, r_score, f_score, m_score, last_purchase_at "  # noqa: S608 - names from constants
+            f"FROM {SCORES} WHERE segment = %(segment)s AND segment_currency = %(currency)s AND "
+            "(%(after)s::text IS NULL OR customer_id > %(after)s) ORDER BY customer_id LIMIT %(limit)s",
+            {"segment": segment, "currency": currency, "after": after, "limit": limit}).fetchall()
+
+
 def segment_members(conn: psycopg.Connection[Any], currency: str, as_of: datetime, segment: str, after: str | None,
                     limit: int) -> list[dict[str, Any]]:
     """Members of a segment as of `as_of`, by customer id after `after`, at most `limit`."""
@@ -227,7 +257,8 @@ def refresh(conn: psycopg.Connection[Any], segment_currency: str, annual_discoun
             for r in curs.execute(_RFM_SQL, _rfm_params(segment_currency, now)):  # type: ignore[arg-type]
                 rows[r["customer_id"]] = {
                     "segment_currency": segment_currency, "recency_days": r["recency_days"],
-                    "frequency": r["frequency"], "monetary": r["monetary"], "r_score": r["r_score"],
+                    "frequency": r["frequency"], "monetary": r["monetary"], "last_purchase_at": r["last_purchase_at"],
+                    "r_score": r["r_score"],
                     "f_score": r["f_score"], "m_score": r["m_score"], "segment": r["segment"]}
         model = latest_model(conn)
         if model is not None:
@@ -241,8 +272,8 @@ def refresh(conn: psycopg.Connection[Any], segment_currency: str, annual_discoun
                         "p_alive": _finite(predicted.p_alive[n]),
                         "expected_purchases_12m": _finite(predicted.expected_purchases[n]),
                         "clv_12m": _cents(predicted.clv[n])})
-        columns = ["segment_currency", "recency_days", "frequency", "monetary", "r_score", "f_score", "m_score",
-                   "segment", "model_version", "model_currency", "first_purchase_at", "revenue", "p_alive",
+        columns = ["segment_currency", "recency_days", "frequency", "monetary", "last_purchase_at", "r_score",
+                   "f_score", "m_score", "segment", "model_version", "model_currency", "first_purchase_at", "revenue", "p_alive",
                    "expected_purchases_12m", "clv_12m"]
         conn.execute(f"DELETE FROM {SCORES}")  # noqa: S608 - names from constants
         with conn.cursor().copy(f"COPY {SCORES} (customer_id, {', '.join(columns)}, refreshed_at) FROM STDIN") as copy:  # noqa: S608 - names from constants

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
+from kafka.errors import UnknownTopicOrPartitionError
 
 from services.settings import Settings
 
@@ -65,6 +66,10 @@ def settings(database_url: str, request: pytest.FixtureRequest) -> Iterator[Sett
     ensure_topics(settings.kafka_servers, settings.topic, settings.dead_letter_topic)
     yield settings
     delete_topics(settings.kafka_servers, [settings.topic, settings.dead_letter_topic])
+    try:  # made by `rapport alerts` when a test ran it (under `rapport run`)
+        delete_topics(settings.kafka_servers, [settings.alert_topic])
+    except UnknownTopicOrPartitionError:
+        pass
 
 
 @pytest.fixture

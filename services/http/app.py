@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.http import (
+    alerts,
     audit,
     customers,
     dashboard,
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(customers.router)
     app.include_router(lifecycle.router)
     app.include_router(satisfaction.router)
+    app.include_router(alerts.router)
     app.include_router(value.router)
     app.include_router(operations.router)
     app.include_router(audit.router)

@@ -100,11 +100,17 @@ SegmentName = Annotated[str, Path(description="one of: " + ", ".join(segment_rul
 def get_segments(res: Res, as_of: Annotated[str | None, Query(description="RFC 3339 time or date; default now")] = None,
                  ) -> dict[str, Any]:
     """Every segment, in a fixed order, empty ones too. Customers with purchases in
-    `RAPPORT_VALUE_CURRENCY` by `as_of` are ranked among themselves (README, Customer value)."""
-    at = params.instant("as_of", as_of)
+    `RAPPORT_VALUE_CURRENCY` by `as_of` are ranked among themselves (README, Customer value).
+    Without `as_of`: the segments of the latest refresh of the customers' scores (the view's), and
+    `as_of` says when that was; ranked now if no refresh has run."""
     settings = res.settings
     with res.pool.connection() as conn:
-        found = value.segment_counts(conn, settings.value_currency, at)
+        scored = value.scored_segments(conn, settings.value_currency) if as_of is None else None
+        if scored is not None:
+            at, found = scored
+        else:
+            at = params.instant("as_of", as_of)
+            found = value.segment_counts(conn, settings.value_currency, at)
     return {"as_of": params.rfc3339(at), "currency": settings.value_currency, "segments": found}
 
 
@@ -118,11 +124,17 @@ def get_segment_customers(
 ) -> dict[str, Any]:
     if name not in segment_rules.SEGMENTS:
         raise HTTPException(404, f"no segment {name!r}; the segments are: {', '.join(segment_rules.SEGMENTS)}")
-    at = params.instant("as_of", as_of)
     after = params.decode_cursor(cursor, str)
+    start = after[0] if after else None
     settings = res.settings
     with res.pool.connection() as conn:
-        rows = value.segment_members(conn, settings.value_currency, at, name, after[0] if after else None, limit + 1)
+        scored = value.scored_segments(conn, settings.value_currency) if as_of is None else None
+        if scored is not None:  # the latest refresh's members, as GET /segments without as_of counts them
+            at = scored[0]
+            rows = value.scored_members(conn, settings.value_currency, name, start, limit + 1)
+        else:
+            at = params.instant("as_of", as_of)
+            rows = value.segment_members(conn, settings.value_currency, at, name, start, limit + 1)
     page = rows[:limit]
     return {
         "as_of": params.rfc3339(at), "segment": name,

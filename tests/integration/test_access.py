@@ -44,6 +44,7 @@ NEEDS: dict[tuple[str, str], tuple[str, ...] | str] = {
     ("GET", "/satisfaction/trend"): ("analyst",),
     ("GET", "/satisfaction/alarms"): ("analyst",),
     ("GET", "/satisfaction/revenue-by-category"): ("analyst",),
+    ("GET", "/alerts"): ("analyst",),
     ("POST", "/value/model/fit"): ("analyst",),
     ("GET", "/value/model"): ("analyst",),
     ("GET", "/value/cohorts"): ("analyst",),

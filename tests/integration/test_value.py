@@ -24,7 +24,7 @@ from services.bootstrap import conninfo, interaction_log
 from services.http.app import create_app
 from services.settings import Settings
 from tests.conftest import settings_env
-from tests.support import api_key, auth, deliver, envelope, iso, own_database
+from tests.support import api_key, auth, deliver, envelope, iso, own_database, parse
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +178,14 @@ def test_segments_rank_every_customer_as_of_a_moment(own: tuple[Settings, Any, T
         assert view["value"] == {"historical": view["purchases"]["revenue"], "p_alive": None,
                                  "expected_purchases_12m": None, "clv_12m": None, "model_version": None}
     assert client.get("/customers/no-purchase").json()["segment"] is None
+    # Without as_of, the segments are the refresh's (the view's), and as_of says when that was.
+    scored = client.get("/segments").json()
+    assert scored["segments"] == answer["segments"] and scored["as_of"] != answer["as_of"]
+    assert parse(scored["as_of"]) > parse(answer["as_of"])
+    members_now = client.get("/segments/hibernating/customers").json()
+    assert [m["customer_id"] for m in members_now["items"]] == ["c3", "c5"]
+    assert members_now["items"][0] == members["items"][0] | {"last_purchase_at": members_now["items"][0]["last_purchase_at"]}
+    assert members_now["items"][0]["last_purchase_at"] == members["items"][0]["last_purchase_at"]
     assert client.get("/segments/champs/customers").status_code == 404
     assert "champions" in client.get("/segments/champs/customers").json()["detail"]
     assert client.get("/segments", params={"as_of": "soon"}).status_code == 422

@@ -21,15 +21,17 @@ import yaml
 from jsonschema import Draft7Validator, Draft202012Validator
 
 from consumers.ingest import ERROR_HEADER, dead_letter_headers
+from domain.alerts import AlertKind
 from domain.contract import InvalidEvent, customer_key_of, parse_envelope
 from services.contract_files import ASYNCAPI_FILE, CONTRACT_VERSION, ENVELOPE_SCHEMA_FILE, ENVELOPE_SCHEMA_ID
 from services.settings import Settings
-from services.topics import DEAD_LETTER_MAX_BYTES, ensure_topics
+from services.topics import DEAD_LETTER_MAX_BYTES, ensure_alert_topic, ensure_topics
 
 ASYNCAPI_SCHEMA_FILE = Path(__file__).resolve().parents[1] / "resources" / "asyncapi-3.0.0.schema.json"
 DOC: dict[str, Any] = yaml.safe_load(ASYNCAPI_FILE.read_text(encoding="utf-8"))
 ENVELOPE = json.loads(ENVELOPE_SCHEMA_FILE.read_text(encoding="utf-8"))
-DEFAULTS = Settings(topic=Settings.model_fields["topic"].default, dlq_topic="",
+DEFAULTS = Settings(topic=Settings.model_fields["topic"].default, dlq_topic="", alerts_topic="",
+                    alert_max_age_days=Settings.model_fields["alert_max_age_days"].default,
                     kafka_bootstrap=Settings.model_fields["kafka_bootstrap"].default)
 
 
@@ -109,13 +111,15 @@ def test_the_server_is_the_default_bootstrap_server() -> None:
 
 def test_the_channels_are_the_settings_topics() -> None:
     addresses = [c["address"] for c in DOC["channels"].values()]
-    assert addresses == [DEFAULTS.topic, DEFAULTS.dead_letter_topic, f"{DEFAULTS.topic}.alerts"]
+    assert addresses == [DEFAULTS.topic, DEFAULTS.dead_letter_topic, DEFAULTS.alert_topic]
 
 
 def test_topics_have_the_partitions_and_limits_rapport_creates_them_with() -> None:
     partitions = inspect.signature(ensure_topics).parameters["partitions"].default
     for address in (DEFAULTS.topic, DEFAULTS.dead_letter_topic):
         assert channel(address)["bindings"]["kafka"]["partitions"] == partitions
+    alert_partitions = inspect.signature(ensure_alert_topic).parameters["partitions"].default
+    assert channel(DEFAULTS.alert_topic)["bindings"]["kafka"]["partitions"] == alert_partitions
     limit = channel(DEFAULTS.dead_letter_topic)["bindings"]["kafka"]["topicConfiguration"]["max.message.bytes"]
     assert limit == DEAD_LETTER_MAX_BYTES
 
@@ -180,28 +184,54 @@ def test_the_dead_letter_example_carries_the_reason_ingest_gives_for_its_payload
     assert example["headers"]["rapport-source-topic"] == DEFAULTS.topic
 
 
-def test_the_alerts_channel_is_marked_as_not_published_yet() -> None:
-    alerts = channel(f"{DEFAULTS.topic}.alerts")
-    assert "from rapport 0.x with issue 16; not published yet" in alerts["description"].lower()
-    assert {"name": "planned", "description": "Described by the contract, not published yet."} in alerts["tags"]
-    # When issue 16 publishes alerts, its setting names the topic: compare the channel with it then,
-    # and take "not published yet" out of the document.
-    assert not [name for name in Settings.model_fields if "alert" in name], "alerts are published now: update asyncapi.yaml"
+def test_the_alerts_channel_says_alerts_are_published_with_the_settings_rapport_reads() -> None:
+    alerts = channel(DEFAULTS.alert_topic)
+    assert "not published yet" not in json.dumps(DOC).lower() and "planned" not in json.dumps(DOC).lower()
+    assert all(f"RAPPORT_{name.upper()}" in alerts["description"] for name in ("alerts_topic", "alert_max_age_days"))
+    assert f"`RAPPORT_ALERT_MAX_AGE_DAYS` ({DEFAULTS.alert_max_age_days})" in alerts["description"]
+    assert "`<RAPPORT_TOPIC>.alerts`" in alerts["description"] and DEFAULTS.alert_topic == f"{DEFAULTS.topic}.alerts"
 
 
-def test_the_alert_example_is_valid_by_the_alert_schema() -> None:
-    message = message_of(f"{DEFAULTS.topic}.alerts")
+def alert_row() -> dict[str, Any]:
+    """A row of the alerts table, as the relay and `GET /alerts` read it."""
+    from datetime import UTC, datetime
+
+    return {"alert_id": "a-1", "seq": 7, "customer_id": "crm-42", "kind": "at_risk", "reason": "no purchase for 180 days",
+            "occurred_at": datetime(2026, 8, 29, 15, tzinfo=UTC),
+            "raised_at": datetime(2026, 8, 29, 15, 0, 3, 400000, tzinfo=UTC),
+            "event_id": None, "revenue": {"USD": "120.00", "EUR": "0.000000000001"},
+            "last_contact_at": datetime(2026, 4, 2, 10, tzinfo=UTC)}
+
+
+def test_the_alert_schema_is_what_the_relay_publishes() -> None:
+    from services.alerts import ALERT_ID_HEADER, ALERT_SEQ_HEADER, alert_json
+
+    message = message_of(DEFAULTS.alert_topic)
     schema = resolve(message["payload"]["$ref"])
-    assert schema["properties"]["kind"]["enum"] == ["alarm_answer", "at_risk", "churned"]  # contract §6
+    written = alert_json(alert_row())
+    assert list(schema["properties"]) == list(written) == schema["required"]
+    assert Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER).is_valid(written)
+    assert message["headers"]["required"] == [ALERT_ID_HEADER, ALERT_SEQ_HEADER] == list(message["headers"]["properties"])
+
+
+def test_the_alert_examples_are_valid_by_the_alert_schema() -> None:
+    message = message_of(DEFAULTS.alert_topic)
+    schema = resolve(message["payload"]["$ref"])
+    assert schema["properties"]["kind"]["enum"] == [k.value for k in AlertKind] == ["alarm_answer", "at_risk", "churned"]
     validator = Draft7Validator(schema)
+    headers = Draft7Validator(message["headers"])
     for example in message["examples"]:
-        assert validator.is_valid(example["payload"])
+        assert validator.is_valid(example["payload"]), [e.message for e in validator.iter_errors(example["payload"])]
+        assert headers.is_valid(example["headers"])
+        assert example["headers"]["rapport-alert-id"] == example["payload"]["alert_id"]
+    assert {e["payload"]["kind"] for e in message["examples"]} >= {"alarm_answer", "at_risk"}
     assert not validator.is_valid(message["examples"][0]["payload"] | {"kind": "vip"})
+    assert not validator.is_valid(message["examples"][0]["payload"] | {"revenue": {"USD": 12.5}})
 
 
 def test_the_operations_send_interactions_and_receive_dead_letters_and_alerts() -> None:
     actions = {resolve(op["channel"]["$ref"])["address"]: op["action"] for op in DOC["operations"].values()}
-    assert actions == {DEFAULTS.topic: "send", DEFAULTS.dead_letter_topic: "receive", f"{DEFAULTS.topic}.alerts": "receive"}
+    assert actions == {DEFAULTS.topic: "send", DEFAULTS.dead_letter_topic: "receive", DEFAULTS.alert_topic: "receive"}
     for operation in DOC["operations"].values():
         for message in operation["messages"]:
             assert message["$ref"].startswith(operation["channel"]["$ref"] + "/messages/")
