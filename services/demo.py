@@ -289,7 +289,8 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
     _say(f"  SQL:          psql '{settings.psql_url}' -c 'select * from analytics.satisfaction_daily limit 5'")  # noqa: S608 - a message to print, not SQL
     _say("                (views in schema analytics: \\dv analytics.*; queries in the README)")
     _say(f"  processes:    {settings.ingest_processes} × rapport ingest (RAPPORT_INGEST_PROCESSES), rapport projector, "
-         f"rapport api × {settings.api_workers} workers (RAPPORT_API_WORKERS)")
+         f"rapport api × {settings.api_workers} workers (RAPPORT_API_WORKERS), rapport alerts, rapport value refresh "
+         f"(every {settings.value_refresh_seconds} s)")
     _say("  speed:        bench/run --quick   (ingest, freshness, read models, lookups; README, Performance)")
 
 
