@@ -9,7 +9,7 @@ then times what Rapport does with them:
 - `fit`: the SQL summary per customer and day and the maximum-likelihood fit (`services.value.fit_model`),
   with the parameters it recovers beside those drawn from (a check of the whole path, not a test);
 - `refresh`: RFM scores, segments and predictions of every customer into `value_scores`;
-- `segments`: `GET /segments`' statement (every customer ranked as of now), p50/p99 of --repeats;
+- `segments`: the statement of `GET /segments?as_of=` (every customer ranked as of a moment), p50/p99 of --repeats;
 - the baseline, measured in the same run: one `GROUP BY customer_id` over the same rows, the least
   any per-customer summary costs; the ratios say what ranking, naming and fitting add to it.
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,31 +80,57 @@ class Predictions:
 
 
 def fit(histories: Histories) -> tuple[BgNbd, GammaGamma]:
-    """Maximum-likelihood BG/NBD and Gamma-Gamma parameters of these histories."""
+    """Maximum-likelihood BG/NBD and Gamma-Gamma parameters of these histories. Gamma-Gamma is
+    fitted on the customers whose repeat days are worth something (free repeat orders carry no
+    spend to model), as lifetimes' documentation does; BG/NBD on everyone."""
     repeaters = histories.frequency > 0
-    if len(histories) < 10 or repeaters.sum() < 10:
-        raise FitError(f"too few purchases to fit: {len(histories)} customers, {int(repeaters.sum())} with a repeat "
+    spenders = repeaters & (histories.monetary > 0)
+    if len(histories) < 10 or spenders.sum() < 10:
+        raise FitError(f"too few purchases to fit: {len(histories)} customers, {int(spenders.sum())} with a paid repeat "
                        "purchase day (at least 10 of each are needed); widen the period (calibration_end), or pick "
                        "another currency or source")
-    if np.any(histories.monetary[repeaters] <= 0):
-        raise FitError("Gamma-Gamma needs a positive value per repeat purchase day; some customers' repeat purchases "
-                       "sum to 0 (free orders): fit a period or source without them")
     # lifetimes warns about pandas idioms, not about the fit, and prints the optimiser's state when it fails
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
-            bgf = BetaGeoFitter(penalizer_coef=0.0).fit(
-                pd.Series(histories.frequency), pd.Series(histories.recency), pd.Series(histories.age))
-            ggf = GammaGammaFitter(penalizer_coef=0.0).fit(
-                pd.Series(histories.frequency[repeaters]), pd.Series(histories.monetary[repeaters]))
+            bgf = _converged(lambda tol: BetaGeoFitter(penalizer_coef=0.0).fit(
+                pd.Series(histories.frequency), pd.Series(histories.recency), pd.Series(histories.age), tol=tol))
+            ggf = _converged(lambda tol: GammaGammaFitter(penalizer_coef=0.0).fit(
+                pd.Series(histories.frequency[spenders]), pd.Series(histories.monetary[spenders]), tol=tol))
         except ConvergenceError as error:
             raise FitError(f"the models did not converge on these purchases ({len(histories)} customers, "
                            f"{int(repeaters.sum())} with a repeat purchase day): the data may not follow them, or be too "
                            f"few; widen the period or pick another source. lifetimes said: "
                            f"{str(error).strip().splitlines()[0]}") from None
     b, g = bgf.params_, ggf.params_
-    return BgNbd(float(b["r"]), float(b["alpha"]), float(b["a"]), float(b["b"])), \
-        GammaGamma(float(g["p"]), float(g["q"]), float(g["v"]))
+    bgnbd = BgNbd(float(b["r"]), float(b["alpha"]), float(b["a"]), float(b["b"]))
+    gamma_gamma = GammaGamma(float(g["p"]), float(g["q"]), float(g["v"]))
+    found = {**vars(bgnbd), **vars(gamma_gamma)}
+    if not all(np.isfinite(v) and v > 0 for v in found.values()):
+        raise FitError("the fit gave parameters that are not positive numbers ("
+                       + ", ".join(f"{k} {v:g}" for k, v in found.items())
+                       + "): the purchases do not follow the models; widen the period or pick another source")
+    if gamma_gamma.q <= 1:
+        # The expected spend per purchase is p·γ/(q − 1): with q ≤ 1 it has no finite mean.
+        raise FitError(f"spend per purchase is too heavy-tailed for Gamma-Gamma (q {gamma_gamma.q:.3f} ≤ 1: no finite "
+                       "expected order value); fit a period, currency or source without the outliers")
+    return bgnbd, gamma_gamma
+
+
+# lifetimes asks BFGS for a gradient tolerance of 1e-7 and calls any "precision loss" stop a failure,
+# which the order of the rows alone can decide; a looser tolerance still fixes the parameters to
+# about 5 significant digits (measured on CDNOW), far inside what the data can tell.
+_TOLERANCES = (1e-7, 1e-6, 1e-5)
+
+
+def _converged(fitting: Callable[[float], Any]) -> Any:
+    """The fitter `fitting(tol)` gives at the tightest tolerance it converges at."""
+    for tol in _TOLERANCES[:-1]:
+        try:
+            return fitting(tol)
+        except ConvergenceError:
+            continue
+    return fitting(_TOLERANCES[-1])
 
 
 def monthly_rate(annual_rate: float) -> float:

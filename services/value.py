@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from datetime import UTC, datetime, time
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
 import psycopg
@@ -35,6 +35,7 @@ from projections.value import PURCHASES
 MODELS = "rapport_value_models"
 SCORES = "value_scores"
 CENTS = Decimal("0.01")
+_WIDE = Context(prec=80)  # money sums of any size quantize without InvalidOperation
 _REFRESH_LOCK = 0x72617076  # one refresh at a time: pg_advisory_xact_lock
 
 SCHEMA_SQL = f"""
@@ -61,7 +62,6 @@ CREATE TABLE IF NOT EXISTS {SCORES} (
     p_alive float8, expected_purchases_12m float8, clv_12m numeric,
     refreshed_at timestamptz NOT NULL
 );
-ALTER TABLE {SCORES} ADD COLUMN IF NOT EXISTS last_purchase_at timestamptz;
 CREATE INDEX IF NOT EXISTS {SCORES}_segment ON {SCORES} (segment, customer_id);
 """
 
@@ -112,7 +112,7 @@ FROM days GROUP BY customer_id ORDER BY customer_id
 
 
 def histories(conn: psycopg.Connection[Any], currency: str, end: datetime, source: str | None) -> list[dict[str, Any]]:
-    params = {"currency": currency, "end": end, "end_day": end.date(), "source": source}
+    params = {"currency": currency, "end": end, "end_day": end.astimezone(UTC).date(), "source": source}
     with conn.cursor(row_factory=dict_row) as curs:
         return curs.execute(_HISTORIES_SQL, params).fetchall()  # type: ignore[arg-type]
 
@@ -144,6 +144,16 @@ def fit_model(conn: psycopg.Connection[Any], calibration_end: datetime, currency
              bgnbd.r, bgnbd.alpha, bgnbd.a, bgnbd.b, gamma_gamma.p, gamma_gamma.q, gamma_gamma.gamma)).fetchone()
     assert row is not None
     return ValueModel.of_row(row)
+
+
+def fit_and_rescore(conn: psycopg.Connection[Any], calibration_end: datetime, currency: str, source: str | None,
+                    segment_currency: str, annual_discount_rate: float, now: datetime) -> ValueModel:
+    """Fit, store the model and score every customer with it, in one transaction: a failure leaves
+    no new version behind, and once it returns the view shows this model (until a later fit)."""
+    with conn.transaction():
+        model = fit_model(conn, calibration_end, currency, source, now)
+        refresh(conn, segment_currency, annual_discount_rate, now)
+    return model
 
 
 def latest_model(conn: psycopg.Connection[Any]) -> ValueModel | None:
@@ -190,7 +200,7 @@ SELECT s.*, m.segment FROM scored s JOIN unnest(%(map_r)s::int[], %(map_f)s::int
 
 def _rfm_params(currency: str, as_of: datetime) -> dict[str, Any]:
     grid = segment_rules.segment_map()
-    return {"currency": currency, "as_of": as_of, "as_of_day": as_of.date(), "map_r": [g[0] for g in grid],
+    return {"currency": currency, "as_of": as_of, "as_of_day": as_of.astimezone(UTC).date(), "map_r": [g[0] for g in grid],
             "map_f": [g[1] for g in grid], "map_segment": [g[2] for g in grid]}
 
 
@@ -199,10 +209,23 @@ def segment_counts(conn: psycopg.Connection[Any], currency: str, as_of: datetime
     with conn.cursor(row_factory=dict_row) as curs:
         rows = curs.execute(f"SELECT segment, count(*) AS customers, sum(monetary) AS revenue FROM ({_RFM_SQL}) r "  # noqa: S608 - names from constants
                             "GROUP BY segment", _rfm_params(currency, as_of)).fetchall()
+    return every_segment(rows, currency)
+
+
+def every_segment(rows: list[dict[str, Any]], currency: str) -> list[dict[str, Any]]:
+    """Rows of (segment, customers, revenue) as all eight segments in their order, empty ones with 0."""
     found = {r["segment"]: r for r in rows}
     return [{"name": name, "customers": found[name]["customers"] if name in found else 0,
              "revenue": {currency: money(found[name]["revenue"] if name in found else Decimal(0))}}
             for name in segment_rules.SEGMENTS]
+
+
+def scored_at(conn: psycopg.Connection[Any], currency: str) -> datetime | None:
+    """When the latest refresh scored the customers' segments in `currency` (a refresh writes every row
+    with one moment); None if none has."""
+    row = conn.execute(f"SELECT refreshed_at FROM {SCORES} WHERE segment_currency = %s LIMIT 1",  # noqa: S608 - names from constants
+                       (currency,)).fetchone()
+    return None if row is None else (row["refreshed_at"] if isinstance(row, dict) else row[0])
 
 
 def scored_segments(conn: psycopg.Connection[Any], currency: str) -> tuple[datetime, list[dict[str, Any]]] | None:
@@ -214,19 +237,17 @@ def scored_segments(conn: psycopg.Connection[Any], currency: str) -> tuple[datet
             "WHERE segment IS NOT NULL AND segment_currency = %s GROUP BY segment", (currency,)).fetchall()
     if not rows:
         return None
-    found = {r["segment"]: r for r in rows}
-    return max(r["at"] for r in rows), [
-        {"name": name, "customers": found[name]["customers"] if name in found else 0,
-         "revenue": {currency: money(found[name]["revenue"] if name in found else Decimal(0))}}
-        for name in segment_rules.SEGMENTS]
+    return max(r["at"] for r in rows), every_segment(rows, currency)
 
 
 def scored_members(conn: psycopg.Connection[Any], currency: str, segment: str, after: str | None,
                    limit: int) -> list[dict[str, Any]]:
-    """`segment_members` as of the latest refresh, from `value_scores` (an index range)."""
+    """`segment_members` as of the latest refresh, from `value_scores` (an index range); each row
+    carries its `refreshed_at` (one statement: the rows and their moment agree)."""
     with conn.cursor(row_factory=dict_row) as curs:
         return curs.execute(
-            f"SELECT customer_id, recency_days, frequency, monetary, r_score, f_score, m_score, last_purchase_at "  # noqa: S608 - names from constants
+            f"SELECT customer_id, recency_days, frequency, monetary, r_score, f_score, m_score, last_purchase_at, "  # noqa: S608 - names from constants
+            "refreshed_at "
             f"FROM {SCORES} WHERE segment = %(segment)s AND segment_currency = %(currency)s AND "
             "(%(after)s::text IS NULL OR customer_id > %(after)s) ORDER BY customer_id LIMIT %(limit)s",
             {"segment": segment, "currency": currency, "after": after, "limit": limit}).fetchall()
@@ -243,7 +264,8 @@ def segment_members(conn: psycopg.Connection[Any], currency: str, as_of: datetim
 
 
 def money(amount: Decimal) -> str:
-    return str(Decimal(amount).quantize(CENTS, ROUND_HALF_EVEN))
+    """A sum of money to the cent, half-even (any size: amounts have 18 whole digits, their sums more)."""
+    return str(Decimal(amount).quantize(CENTS, ROUND_HALF_EVEN, context=_WIDE))
 
 
 def refresh(conn: psycopg.Connection[Any], segment_currency: str, annual_discount_rate: float, now: datetime) -> int:
@@ -268,7 +290,7 @@ def refresh(conn: psycopg.Connection[Any], segment_currency: str, annual_discoun
                 for n, h in enumerate(found):
                     rows.setdefault(h["customer_id"], {}).update({
                         "model_version": model.version, "model_currency": model.currency,
-                        "first_purchase_at": h["first_day"], "revenue": h["revenue"],
+                        "first_purchase_at": datetime.combine(h["first_day"], time(), UTC), "revenue": h["revenue"],
                         "p_alive": _finite(predicted.p_alive[n]),
                         "expected_purchases_12m": _finite(predicted.expected_purchases[n]),
                         "clv_12m": _cents(predicted.clv[n])})
@@ -288,7 +310,7 @@ def _finite(value: float) -> float | None:
 
 
 def _cents(value: float) -> Decimal | None:
-    return Decimal(repr(float(value))).quantize(CENTS, ROUND_HALF_EVEN) if math.isfinite(value) else None
+    return Decimal(repr(float(value))).quantize(CENTS, ROUND_HALF_EVEN, context=_WIDE) if math.isfinite(value) else None
 
 
 def cohorts(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
@@ -310,7 +332,7 @@ def distribution(conn: psycopg.Connection[Any], buckets: int) -> list[dict[str, 
         top_value = Decimal(top["top"]) if top and top["top"] is not None else Decimal(0)
         width = max(top_value / buckets, CENTS).quantize(CENTS, ROUND_HALF_EVEN)
         counts = {r["bucket"]: r["customers"] for r in curs.execute(
-            f"SELECT least(floor(clv_12m / %s)::int, %s) AS bucket, count(*) AS customers FROM {SCORES} "  # noqa: S608 - names from constants
+            f"SELECT least(floor(clv_12m / %s), %s)::int AS bucket, count(*) AS customers FROM {SCORES} "  # noqa: S608 - names from constants
             "WHERE clv_12m IS NOT NULL GROUP BY 1", (width, buckets - 1))}
     return [{"from": money(width * n), "to": None if n == buckets - 1 else money(width * (n + 1)),
              "customers": counts.get(n, 0)} for n in range(buckets)]

@@ -58,11 +58,11 @@ def cmd_value(args: argparse.Namespace, settings: Settings) -> int:
             from services.http.params import instant
             try:
                 end = instant("--calibration-end", args.calibration_end)
-                found = value.fit_model(conn, end, args.currency.upper(), args.source, utc_now())
+                found = value.fit_and_rescore(conn, end, args.currency.upper(), args.source, settings.value_currency,
+                                              settings.value_discount_rate, utc_now())
             except (value.ValueRequestError, HTTPException) as error:
                 print(f"rapport value fit: {getattr(error, 'detail', error)}")
                 return EXIT_REFUSED
-            scored = value.refresh(conn, settings.value_currency, settings.value_discount_rate, utc_now())
             if args.json:
                 print(json.dumps(value.model_json(found, rfc3339), indent=2))
             else:
@@ -71,7 +71,7 @@ def cmd_value(args: argparse.Namespace, settings: Settings) -> int:
                       f"{found.currency}{f' from {found.source}' if found.source else ''} up to {rfc3339(end)}\n"
                       f"  BG/NBD      r {b.r:.4f}  alpha {b.alpha:.4f}  a {b.a:.4f}  b {b.b:.4f}\n"
                       f"  Gamma-Gamma p {g.p:.4f}  q {g.q:.4f}  gamma {g.gamma:.4f}\n"
-                      f"scored {scored} customers")
+                      "every customer scored with it")
         elif args.action == "model":
             latest = value.latest_model(conn)
             if latest is None:

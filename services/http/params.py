@@ -20,9 +20,13 @@ def bad(parameter: str, message: str) -> HTTPException:
 
 
 def text(parameter: str, value: str) -> str:
-    """Text for PostgreSQL: no NUL character (no stored id or name can hold one)."""
+    """Text for PostgreSQL: no NUL character (no stored id or name can hold one), no lone surrogate."""
     if "\x00" in value:
         raise bad(parameter, "contains the character U+0000 (NUL), which no customer id or name can hold")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a cursor decoded from JSON can hold one): not text PostgreSQL takes
+        raise bad(parameter, "contains a lone UTF-16 surrogate, which is not a character; send UTF-8 text") from None
     return value
 
 

@@ -42,14 +42,13 @@ def fit_model(request: FitRequest, res: Res) -> dict[str, Any]:
     calibration_end = params.instant("calibration_end", request.calibration_end)
     if request.source is not None:
         params.text("source", request.source)
-    now = utc_now()
     settings = res.settings
     with res.pool.connection() as conn:
         try:
-            model = value.fit_model(conn, calibration_end, request.currency, request.source, now)
+            model = value.fit_and_rescore(conn, calibration_end, request.currency, request.source,
+                                          settings.value_currency, settings.value_discount_rate, utc_now())
         except value.ValueRequestError as error:
             raise HTTPException(422, str(error)) from None
-        value.refresh(conn, settings.value_currency, settings.value_discount_rate, now)
     return value.model_json(model, params.rfc3339)
 
 
@@ -124,22 +123,29 @@ def get_segment_customers(
 ) -> dict[str, Any]:
     if name not in segment_rules.SEGMENTS:
         raise HTTPException(404, f"no segment {name!r}; the segments are: {', '.join(segment_rules.SEGMENTS)}")
-    after = params.decode_cursor(cursor, str)
-    start = after[0] if after else None
+    after = params.decode_cursor(cursor, str, datetime)
+    start, paged_at = after if after else (None, None)
     settings = res.settings
-    with res.pool.connection() as conn:
-        scored = value.scored_segments(conn, settings.value_currency) if as_of is None else None
+    with res.pool.connection() as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # the moment and the rows agree
+        scored = value.scored_at(conn, settings.value_currency) if as_of is None else None
         if scored is not None:  # the latest refresh's members, as GET /segments without as_of counts them
-            at = scored[0]
+            at = scored
             rows = value.scored_members(conn, settings.value_currency, name, start, limit + 1)
+            if paged_at is not None and paged_at != at:
+                raise HTTPException(409, f"the segments were scored again ({params.rfc3339(at)}) since the first page "
+                                         f"({params.rfc3339(paged_at)}): start again without `cursor`, or page with "
+                                         f"as_of={params.rfc3339(paged_at)} for that moment")
         else:
-            at = params.instant("as_of", as_of)
+            at = params.instant("as_of", as_of) if as_of is not None else (paged_at or utc_now())
+            if as_of is not None and paged_at is not None and paged_at != at:
+                raise params.bad("cursor", "was given for another as_of: pass the `as_of` of the first page with it")
             rows = value.segment_members(conn, settings.value_currency, at, name, start, limit + 1)
     page = rows[:limit]
     return {
         "as_of": params.rfc3339(at), "segment": name,
         "items": [member_json(r, settings.value_currency) for r in page],
-        "next_cursor": params.encode_cursor(page[-1]["customer_id"]) if len(rows) > limit else None,
+        "next_cursor": params.encode_cursor(page[-1]["customer_id"], at) if len(rows) > limit else None,
     }
 
 

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from services import cdnow
+from services import cdnow, value
 from services.bootstrap import conninfo, interaction_log
 from services.http.app import create_app
 from services.settings import Settings
@@ -49,7 +49,12 @@ def within(found: float, published: float, share: float = 0.01) -> bool:
 def test_cdnow_through_kafka_fits_the_published_parameters(own: tuple[Settings, Any, TestClient]) -> None:
     settings, store, client = own
     assert client.get("/value/model").status_code == 404
-    deliver(settings, store, list(cdnow.envelopes()))
+    # Beside the sample: a purchase of a sample customer from another system, and one in another currency.
+    other = [envelope("cdnow-00004", "purchase", "1997-05-05T10:00:00Z", {"order_id": "o-1", "amount": "500.00",
+                                                                          "currency": "USD"}),
+             {**envelope("cdnow-00004", "purchase", "1997-06-06T10:00:00Z", {"order_id": "o-2", "amount": "70.00",
+                                                                           "currency": "EUR"}), "source": "cdnow"}]
+    deliver(settings, store, list(cdnow.envelopes()) + other)
 
     response = client.post("/value/model/fit", json={"calibration_end": cdnow.CALIBRATION_END, "currency": "USD",
                                                      "source": cdnow.SOURCE})
@@ -63,7 +68,8 @@ def test_cdnow_through_kafka_fits_the_published_parameters(own: tuple[Settings, 
     assert model["customers"] == cdnow.CUSTOMERS
     with psycopg.connect(conninfo(settings)) as conn:
         days = conn.execute("SELECT count(DISTINCT (customer_id, (occurred_at AT TIME ZONE 'UTC')::date)) "
-                            "FROM value_purchases WHERE occurred_at <= '1997-09-30T00:00:00Z'").fetchone()
+                            "FROM value_purchases WHERE occurred_at <= '1997-09-30T00:00:00Z' AND source = 'cdnow' "
+                            "AND currency = 'USD'").fetchone()
     assert days is not None and model["purchases"] == days[0]
     assert model["calibration_end"] == "1997-09-30T00:00:00Z" and model["source"] == "cdnow"
     assert client.get("/value/model").json() == model
@@ -72,7 +78,7 @@ def test_cdnow_through_kafka_fits_the_published_parameters(own: tuple[Settings, 
     view = client.get("/customers/cdnow-00004").json()
     value = view["value"]
     assert value["model_version"] == model["version"]
-    assert value["historical"] == view["purchases"]["revenue"]
+    assert value["historical"] == view["purchases"]["revenue"] == {"EUR": "70.00", "USD": "600.50"}
     assert 0 <= value["p_alive"] <= 1 and value["expected_purchases_12m"] >= 0
     assert set(value["clv_12m"]) == {"USD"} and float(value["clv_12m"]["USD"]) >= 0
     # Segments rank customers among themselves: the view's is the one the live query gives now.
@@ -84,7 +90,7 @@ def test_cdnow_through_kafka_fits_the_published_parameters(own: tuple[Settings, 
     assert [c["cohort"] for c in cohorts["cohorts"]] == ["1997-01", "1997-02", "1997-03"]
     assert sum(c["customers"] for c in cohorts["cohorts"]) == cdnow.CUSTOMERS
     total = sum(float(t["amount"]) for t in ({"amount": e["data"]["amount"]} for e in cdnow.envelopes()))
-    assert abs(sum(float(c["historical"]) for c in cohorts["cohorts"]) - total) < 0.01
+    assert abs(sum(float(c["historical"]) for c in cohorts["cohorts"]) - total) < 0.01  # source cdnow, USD only
     distribution = client.get("/value/distribution", params={"buckets": 5}).json()
     assert len(distribution["buckets"]) == 5 and distribution["buckets"][-1]["to"] is None
     assert sum(b["customers"] for b in distribution["buckets"]) == cdnow.CUSTOMERS
@@ -104,6 +110,11 @@ def test_cdnow_through_kafka_fits_the_published_parameters(own: tuple[Settings, 
     refused = subprocess.run([sys.executable, "-m", "services.cli", "value", "fit", "--calibration-end", "1990-01-01"],
                              env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "no purchase in USD by 1990-01-01" in refused.stdout
+    # Without a source, the other system's purchase counts too: one more purchase day.
+    response = client.post("/value/model/fit", json={"calibration_end": cdnow.CALIBRATION_END})
+    assert response.status_code == 201, response.text
+    every = response.json()
+    assert every["source"] is None and every["purchases"] == model["purchases"] + 1
 
 
 def test_a_fit_names_what_is_wrong(own: tuple[Settings, Any, TestClient]) -> None:
@@ -158,9 +169,9 @@ def test_segments_rank_every_customer_as_of_a_moment(own: tuple[Settings, Any, T
 
     members = client.get("/segments/hibernating/customers", params={"limit": 1}).json()
     assert [m["customer_id"] for m in members["items"]] == ["c3"]
-    assert members["items"][0] | {"last_purchase_at": None} == {
+    assert members["items"][0] == {
         "customer_id": "c3", "recency_days": 20, "frequency": 1, "monetary": {"USD": "10.00"}, "r": 3, "f": 1,
-        "m": 1, "last_purchase_at": None}
+        "m": 1, "last_purchase_at": iso(today - timedelta(days=20))}
     rest = client.get("/segments/hibernating/customers", params={"limit": 1, "cursor": members["next_cursor"]}).json()
     assert [m["customer_id"] for m in rest["items"]] == ["c5"] and rest["next_cursor"] is None
 
@@ -170,7 +181,6 @@ def test_segments_rank_every_customer_as_of_a_moment(own: tuple[Settings, Any, T
 
     # The 360 view: the segment after a refresh; no model yet, so no predictions.
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
-        from services import value
         value.refresh(conn, "USD", 0.1, datetime.now(UTC))
     for customer_id, (*_, segment) in CUSTOMERS.items():
         view = client.get(f"/customers/{customer_id}").json()
@@ -186,6 +196,29 @@ def test_segments_rank_every_customer_as_of_a_moment(own: tuple[Settings, Any, T
     assert [m["customer_id"] for m in members_now["items"]] == ["c3", "c5"]
     assert members_now["items"][0] == members["items"][0] | {"last_purchase_at": members_now["items"][0]["last_purchase_at"]}
     assert members_now["items"][0]["last_purchase_at"] == members["items"][0]["last_purchase_at"]
+    # Paging across a refresh would mix two rankings: the API says so instead.
+    first = client.get("/segments/hibernating/customers", params={"limit": 1}).json()
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        value.refresh(conn, "USD", 0.1, datetime.now(UTC))
+    moved = client.get("/segments/hibernating/customers", params={"limit": 1, "cursor": first["next_cursor"]})
+    assert moved.status_code == 409 and "start again" in moved.json()["detail"]
+    surrogate = client.get("/segments/hibernating/customers", params={"cursor": "WyJcdWQ4MDAiLCAiMjAyNi0wMS0wMSJd"})
+    assert surrogate.status_code == 422 and "surrogate" in surrogate.json()["detail"]
+
+
+def test_customers_buying_once_share_the_lowest_frequency_score(own: tuple[Settings, Any, TestClient]) -> None:
+    """Ties share a score: five of seven customers bought on one day only, and all get F 1 (a ranking
+    that split ties would spread them over F 1 to F 4)."""
+    settings, store, client = own
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    days = {"t1": [5], "t2": [15], "t3": [25], "t4": [35], "t5": [45], "t6": [50, 60], "t7": [55, 65, 75]}
+    deliver(settings, store, [m for c, d in days.items() for m in purchases(c, d, today)])
+    found = {m["customer_id"]: (m["r"], m["f"]) for name in ("new", "potential_loyalists", "hibernating", "lost",
+                                                              "loyal", "champions", "at_risk", "cant_lose")
+             for m in client.get(f"/segments/{name}/customers", params={"as_of": iso(today)}).json()["items"]}
+    assert {c: f for c, (_, f) in found.items()} == {"t1": 1, "t2": 1, "t3": 1, "t4": 1, "t5": 1, "t6": 4, "t7": 5}
+    # Recency: all distinct, so the scores are 1 + ⌊5 × (rank − 1) / 7⌋ from the least recent (t7, t6, t5, ...).
+    assert {c: r for c, (r, _) in found.items()} == {"t7": 1, "t6": 1, "t5": 2, "t4": 3, "t3": 3, "t2": 4, "t1": 5}
     assert client.get("/segments/champs/customers").status_code == 404
     assert "champions" in client.get("/segments/champs/customers").json()["detail"]
     assert client.get("/segments", params={"as_of": "soon"}).status_code == 422

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date
 
+import numpy as np
 import pytest
 
 from domain import segments
@@ -82,3 +83,50 @@ def test_purchases_the_models_cannot_fit_are_a_fit_error_not_a_crash() -> None:
     # Every customer buys every day of the period and never stops: no finite maximum of the likelihood.
     with pytest.raises(FitError):
         fit(Histories.of_days([(100, 100, 100, 5.0 + n % 3) for n in range(50)]))
+
+
+def test_predictions_are_lifetimes_own_and_expected_purchases_times_spend() -> None:
+    """The 12-month horizon in weeks and the monthly discounting, checked against lifetimes itself."""
+    import numpy as np
+    import pandas as pd
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+    histories = cdnow_histories(date(1997, 9, 30))
+    bgnbd, gamma_gamma = fit(histories)
+    bgf, ggf = BetaGeoFitter(), GammaGammaFitter()
+    bgf.params_ = pd.Series(vars(bgnbd))
+    ggf.params_ = pd.Series({"p": gamma_gamma.p, "q": gamma_gamma.q, "v": gamma_gamma.gamma})
+    bgf.predict = bgf.conditional_expected_number_of_purchases_up_to_time
+    f, r, t, m = (pd.Series(a) for a in (histories.frequency, histories.recency, histories.age, histories.monetary))
+    theirs = ggf.customer_lifetime_value(bgf, f, r, t, m, time=12, discount_rate=monthly_rate(0.10), freq="W")
+    ours = predict(bgnbd, gamma_gamma, histories, 0.10)
+    assert np.allclose(ours.clv, np.asarray(theirs), rtol=1e-9)
+    # Undiscounted, the CLV is the year's expected purchase days times the expected spend per day.
+    flat = predict(bgnbd, gamma_gamma, histories, 0.0)
+    spend = np.asarray(ggf.conditional_expected_average_profit(f, m))
+    assert np.allclose(flat.clv, flat.expected_purchases * spend, rtol=1e-6)
+    assert np.allclose(flat.expected_purchases, np.asarray(
+        bgf.conditional_expected_number_of_purchases_up_to_time(52.14, f, r, t)), rtol=1e-12)
+
+
+def test_spend_too_heavy_tailed_is_refused_not_a_negative_value() -> None:
+    """Gamma-Gamma with q ≤ 1 has no finite expected spend (its CLVs would come out negative)."""
+    histories = cdnow_histories(date(1997, 9, 30))
+    rng = np.random.default_rng(3)
+    heavy = histories.monetary.copy()
+    for n in np.flatnonzero(histories.frequency > 0):  # CDNOW's purchase days, spend drawn with q = 0.9
+        nu = rng.gamma(0.9, 1 / 15.0)
+        heavy[n] = float(np.mean(rng.gamma(6.0, 1 / nu, int(histories.frequency[n]))))
+    with pytest.raises(FitError, match="heavy-tailed"):
+        fit(Histories(histories.frequency, histories.recency, histories.age, heavy))
+
+
+def test_free_repeat_orders_leave_the_fit_to_the_paying_customers() -> None:
+    histories = cdnow_histories(date(1997, 9, 30))
+    paid = fit(histories)
+    free = Histories(histories.frequency.copy(), histories.recency, histories.age, histories.monetary.copy())
+    first_repeater = int(np.flatnonzero(free.frequency > 0)[0])
+    free.monetary[first_repeater] = 0.0
+    bgnbd, gamma_gamma = fit(free)
+    assert bgnbd == paid[0]  # BG/NBD sees every customer, spend or not
+    assert gamma_gamma != paid[1] and abs(gamma_gamma.q - paid[1].q) < 0.05
