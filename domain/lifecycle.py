@@ -141,7 +141,7 @@ class _Summary:
         return [churn, at_risk] if churn <= at_risk else [at_risk, churn]
 
 
-_JUST_AFTER = timedelta(microseconds=1)
+JUST_AFTER = timedelta(microseconds=1)
 
 
 def _ordinal(n: int) -> str:
@@ -218,7 +218,7 @@ class LifecycleFold:
         last_moment = self.last_key[0]
         for passed, reason in self.summary.threshold_moments(self.thresholds):
             if last_moment <= passed and (until is None or passed < until):
-                stage = self.summary.stage_at(passed + _JUST_AFTER, self.thresholds)
+                stage = self.summary.stage_at(passed + JUST_AFTER, self.thresholds)
                 if stage != self.changes[-1].stage:
                     self._change(stage, passed, reason, None)
 

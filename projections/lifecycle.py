@@ -17,7 +17,7 @@ reads a few thousand small rows, whatever the number of customers, and folds no 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -25,7 +25,7 @@ import orjson
 from psycopg.types.json import Jsonb
 
 from domain.customer import TYPE_BY_EVENT_CLASS, Customer
-from domain.lifecycle import LifecycleFact, LifecycleFold, StageInterval
+from domain.lifecycle import JUST_AFTER, LifecycleFact, LifecycleFold, StageInterval
 from projections.alerts import AlertOutbox
 from projections.readmodel import (
     LIVE_SCHEMA,
@@ -82,7 +82,6 @@ STAGE_DAYS = Table(
         "The customers in a stage at T are the sum of the changes of the days before T, plus those of T's day "
         "up to T.",
 )
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def fact_of(event: Customer.Interaction) -> LifecycleFact:
@@ -95,7 +94,7 @@ def fact_of(event: Customer.Interaction) -> LifecycleFact:
 def interval_rows(customer_id: str, history: Sequence[StageInterval], first_seq: int) -> list[tuple[Any, ...]]:
     """Rows of `lifecycle_intervals`, with the exact instants each interval holds from and until
     (a stage reached by the passing of time holds from a microsecond after `since`)."""
-    starts = [i.since + _MICROSECOND if i.by_time else i.since for i in history]
+    starts = [i.since + JUST_AFTER if i.by_time else i.since for i in history]
     return [
         (customer_id, first_seq + n, interval.stage.value, interval.since, interval.until, interval.reason,
          interval.event_id, interval.previous_stage.value if interval.previous_stage else None,

@@ -62,7 +62,7 @@ def cmd_projector(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    from services.alerts import AlertRelay
+    from services.alerts import RaiserAndRelay
     from services.bootstrap import check_database, check_kafka
     from services.topics import ensure_alert_topic
 
@@ -70,7 +70,7 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     check_database(settings)
     check_kafka(settings)
     ensure_alert_topic(settings.kafka_client_config, settings.alert_topic)
-    AlertRelay(settings).run(stop)
+    RaiserAndRelay(settings).run(stop)
     return 0
 
 
@@ -229,9 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("alerts", help="raise alerts by the passing of time and publish every alert to Kafka until SIGTERM",
                        description="Publishes each alert Rapport raises (an alarm answer, a customer entering at_risk "
                        "or churned) to RAPPORT_ALERTS_TOPIC (default <topic>.alerts, created if missing), keyed by "
-                       "customer, exactly once: the projector writes alerts into the table `alerts` in the lifecycle "
-                       "read model's transaction, and this process relays them, reading back what it published "
-                       "before a crash. Every RAPPORT_ALERT_RAISE_INTERVAL_SECONDS it also raises the alerts of "
+                       "customer, exactly once for consumers reading with isolation_level=read_committed: the "
+                       "projector writes alerts into the table `alerts` in the lifecycle read model's transaction, and "
+                       "this process relays them in Kafka transactions (its transactional id fences any earlier "
+                       "relay), reading back what it published before a crash. Every "
+                       "RAPPORT_ALERT_RAISE_INTERVAL_SECONDS it also raises the alerts of "
                        "changes by the passing of time (no purchase for RAPPORT_AT_RISK_DAYS, no interaction for "
                        "RAPPORT_CHURN_DAYS) whose moment has come. A change older than RAPPORT_ALERT_MAX_AGE_DAYS "
                        "when Rapport learns of it raises none. Rides through outages of Kafka and PostgreSQL; stops "

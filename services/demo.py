@@ -276,7 +276,8 @@ def _print_where_to_look(settings: Settings, store: Any, base: str, sample: str)
          "customers whose latest answer is an alarm, last 30 days)")
     _say(f"  revenue:      curl $K {base}/satisfaction/revenue-by-category")
     _say(f"  alerts:       curl $K {base}/alerts   ({len(_get_json(f'{base}/alerts?limit=500')['items'])} raised in the last "
-         f"30 days, each also once on Kafka topic {settings.alert_topic}; older changes raise none)")
+         f"30 days, each also once on Kafka topic {settings.alert_topic} for read_committed consumers; "
+         "older changes raise none)")
     _print_value(base)
     _print_audit(base, sample, customer)
     _print_identity(base)

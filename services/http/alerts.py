@@ -29,8 +29,9 @@ def get_alerts(
     """Alerts raised at or after `since`, **newest first** (by `raised_at`, then `alert_id`), as a
     call-back list is read: the latest news on top, `next_cursor` pages back in time. Each item is the
     JSON of the alert's message on `interactions.alerts`; `revenue` and `last_contact_at` are as they
-    were when the alert was raised. To follow alerts as they come, once each, consume the topic: a page
-    read now may miss an alert raised a moment earlier by a transaction still committing."""
+    were when the alert was raised. To follow alerts as they come, once each, consume the topic with
+    `isolation_level=read_committed`: a page read now may miss an alert raised a moment earlier by a
+    transaction still committing."""
     start = params.instant("since", since, default=utc_now() - timedelta(days=30))
     after = params.decode_cursor(cursor, datetime, str)
     conditions = ["raised_at >= %s"]

@@ -3,7 +3,9 @@ or entry into at_risk or churned (by an event or by the passing of time), publis
 `<topic>.alerts`, served by `GET /alerts`, and never for what a rebuild or a replay of the past finds.
 
 Each test has a database and topics of its own (`world`): the alerts table and the relay's lock
-are per database, and every message on the alerts topic is then this test's to count.
+are per database, and every message on the alerts topic is then this test's to count. Messages are
+counted as a consumer reading with `isolation_level=read_committed` sees them (`on_kafka`), which is
+what the contract promises exactly once; an alert id seen twice there fails the test.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -23,13 +26,14 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from kafka.errors import KafkaError, KafkaTimeoutError
 from psycopg.rows import dict_row
 
-from domain.alerts import event_alert_id
+from domain.alerts import AlertKind, event_alert_id, time_alert_id
 from eventstore.store import InteractionLog
 from projections.alerts import ALERTS
 from projections.rebuild import REBUILD_SCHEMA, build_copy, compare_and_swap
-from services.alerts import ALERT_ID_HEADER, ALERT_SEQ_HEADER, AlertRelay, raise_due
+from services.alerts import ALERT_ID_HEADER, ALERT_SEQ_HEADER, ALERT_SOURCE_HEADER, RaiserAndRelay, raise_due
 from services.bootstrap import conninfo, ingest_consumer, interaction_log, projector
 from services.http.app import create_app
 from services.settings import Settings
@@ -97,30 +101,43 @@ def alert_rows(settings: Settings, customers: list[str] | None = None) -> list[d
         return conn.execute(f"SELECT * FROM {ALERTS.name} {where} ORDER BY seq", values).fetchall()  # type: ignore[arg-type]
 
 
-def on_kafka(settings: Settings, at_least: int = 0, timeout: float = 30) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
-    """Every message on the alerts topic (key, JSON, headers), once at least `at_least` are there."""
+def on_kafka(settings: Settings, at_least: int = 0, timeout: float = 90,
+             isolation_level: str = "read_committed") -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    """Every message on the alerts topic (key, JSON, headers) as a consumer of `isolation_level` sees
+    it: each partition read from its start to its end offset (read_committed: the last stable offset),
+    again until at least `at_least` are there. Fails on an alert id seen twice (read_committed)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers, enable_auto_commit=False, consumer_timeout_ms=500)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers, enable_auto_commit=False,
+                             isolation_level=isolation_level)
     try:
         partitions = [TopicPartition(settings.alert_topic, p) for p in consumer.partitions_for_topic(settings.alert_topic)]
+        consumer.assign(partitions)
         received: list[tuple[str, dict[str, Any], dict[str, str]]] = []
 
-        def enough() -> bool:
-            consumer.assign(partitions)
+        def read_to_the_end() -> bool:
             consumer.seek_to_beginning(*partitions)
-            received[:] = [(r.key.decode(), json.loads(r.value), {k: v.decode() for k, v in r.headers}) for r in consumer]
+            ends = consumer.end_offsets(partitions)
+            received.clear()
+            deadline = time.monotonic() + timeout
+            while any(consumer.position(tp) < ends[tp] for tp in partitions):
+                assert time.monotonic() < deadline, f"reading {settings.alert_topic} to its end took over {timeout} s"
+                received.extend((r.key.decode(), json.loads(r.value), {k: v.decode() for k, v in r.headers})
+                                for records in consumer.poll(timeout_ms=200).values() for r in records)
             return len(received) >= at_least
 
-        wait_for(enough, timeout=timeout, interval=0.2, what=f"{at_least} alerts on {settings.alert_topic}")
-        return received
+        wait_for(read_to_the_end, timeout=timeout, interval=0.2, what=f"{at_least} alerts on {settings.alert_topic}")
     finally:
         consumer.close()
+    if isolation_level == "read_committed":
+        seen = Counter(m["alert_id"] for _, m, _ in received)
+        assert not [i for i, n in seen.items() if n > 1], f"alerts seen twice: {[i for i, n in seen.items() if n > 1]}"
+    return received
 
 
-def relay_all(settings: Settings, relay: AlertRelay | None = None) -> AlertRelay:
+def relay_all(settings: Settings, relay: RaiserAndRelay | None = None) -> RaiserAndRelay:
     """Run a relay in this process until the outbox is empty."""
-    relay = relay or AlertRelay(settings)
+    relay = relay or RaiserAndRelay(settings)
     wait_for(lambda: relay.run_once() == 0 and not [r for r in alert_rows(settings) if r["published_at"] is None],
              timeout=60, interval=0, what="the relay to publish every alert")
     relay.close()
@@ -245,11 +262,11 @@ def test_each_alarm_is_one_alert_and_one_message_after_the_projector_is_killed_m
         assert Counter(m["event_id"] for _, m, _ in messages) == Counter(alarms)
 
 
-class KilledBetweenPublishingAndMarking(AlertRelay):
-    def _mark(self, published: Any, ends: dict[int, int]) -> None:
-        if published and not ends:  # a batch just published, not a read-back
-            raise KeyboardInterrupt("killed after publishing, before marking")
-        super()._mark(published, ends)
+class KilledBetweenPublishingAndMarking(RaiserAndRelay):
+    def _mark(self, published: Any, positions: dict[int, int], overwrite: bool) -> None:
+        if published and not overwrite:  # a batch just committed on Kafka, not a read-back
+            raise KeyboardInterrupt("killed after Kafka's commit, before PostgreSQL's")
+        super()._mark(published, positions, overwrite)
 
 
 def test_a_relay_stopped_between_publishing_and_marking_publishes_nothing_twice(settings: Settings) -> None:
@@ -265,60 +282,193 @@ def test_a_relay_stopped_between_publishing_and_marking_publishes_nothing_twice(
         assert len(on_kafka(own, at_least=50)) == 50, "the first batch reached Kafka"
         assert all(r["published_at"] is None for r in alert_rows(own)), "and none was marked"
 
-        again = relay_all(own, AlertRelay(own, batch=50))
+        again = relay_all(own, RaiserAndRelay(own, batch=50))
         assert again.recovered == 50 and again.published == 70
         messages = on_kafka(own, at_least=120)
         assert len(messages) == 120 and len({m["alert_id"] for _, m, _ in messages}) == 120
         rows = {r["alert_id"]: r for r in alert_rows(own)}
         assert {m["alert_id"] for _, m, _ in messages} == set(rows)
         assert all(r["kafka_offset"] is not None for r in rows.values())
+        assert {h[ALERT_SOURCE_HEADER] for _, _, h in messages} == {deployment(own)}
 
 
-def test_a_relay_killed_anywhere_and_restarted_publishes_each_alert_once(settings: Settings) -> None:
+def deployment(settings: Settings) -> str:
+    with psycopg.connect(conninfo(settings)) as conn:
+        return str(conn.execute("SELECT deployment FROM alerts_relay").fetchone()[0])  # type: ignore[index]
+
+
+def published_count(settings: Settings) -> int:
+    with psycopg.connect(conninfo(settings)) as conn:
+        return int(conn.execute(f"SELECT count(published_at) FROM {ALERTS.name}").fetchone()[0])  # type: ignore[index]
+
+
+def test_a_relay_killed_between_kafkas_commit_and_postgresqls_then_anywhere_publishes_each_alert_once(
+        settings: Settings, tmp_path: Path) -> None:
     with world(settings, "sigkill") as own, store_of(own) as store:
         customers = [new_customer_id() for _ in range(1000)]
         deliver(own, store, [alarm(c, ago(minutes=m + 1)) for c in customers for m in range(6)])
         total = len(alert_rows(own))
         assert total == 6000
+        runs = [tmp_path / name for name in ("first", "second", "last")]
+        for run in runs:
+            run.mkdir()
 
-        def published() -> int:
-            with psycopg.connect(conninfo(own)) as conn:
-                return int(conn.execute(f"SELECT count(published_at) FROM {ALERTS.name}").fetchone()[0])  # type: ignore[index]
+        # Killed after Kafka's commit and before PostgreSQL's: the relay's record of its first batch
+        # waits on a row lock of ours (the batch's first alert) while the batch is on Kafka, committed.
+        with psycopg.connect(conninfo(own)) as blocker:
+            blocker.execute(f"SELECT 1 FROM {ALERTS.name} WHERE seq = (SELECT min(seq) FROM {ALERTS.name}) FOR UPDATE")  # noqa: S608
+            first = start_rapport("alerts", own, runs[0])
+            try:
+                wait_for(lambda: len(on_kafka(own)) > 0, timeout=90, interval=0.2, what="a batch committed on Kafka")
+                first.send_signal(signal.SIGKILL)
+                first.wait(timeout=30)
+            finally:
+                first.kill()
+            blocker.rollback()
+        unmarked = len(on_kafka(own))
+        assert published_count(own) == 0 and unmarked > 0, "alerts on Kafka, none recorded published"
 
-        first = start("alerts", own)
-        try:
-            wait_for(lambda: published() > 0, timeout=60, interval=0.005, what="some alerts published")
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=30)
+        second = start_rapport("alerts", own, runs[1])
+        try:  # it reads back, then publishes; killed anywhere once it has published more
+            wait_for(lambda: published_count(own) > unmarked, timeout=90, interval=0.005, what="more alerts published")
+            second.send_signal(signal.SIGKILL)
+            second.wait(timeout=30)
         finally:
-            first.kill()
-        assert published() < total, "the kill was not mid-stream"
-        second = start("alerts", own)
+            second.kill()
+        assert f"{unmarked} alerts were on {own.alert_topic} but not marked published" in \
+            (runs[1] / "alerts.log").read_text(), log_tail(runs[1], "alerts")
+        assert published_count(own) < total, "the kill was not mid-stream"
+
+        last = start_rapport("alerts", own, runs[2])
         try:
-            wait_for(lambda: published() == total, timeout=120, interval=0.2, what="every alert published")
+            wait_for(lambda: published_count(own) == total, timeout=180, interval=0.2, what="every alert published")
         finally:
-            stop(second)
-        messages = on_kafka(own, at_least=total)
-        assert len(messages) == total and len({m["alert_id"] for _, m, _ in messages}) == total
+            stop(last)
+        messages = on_kafka(own, at_least=total)  # fails on an alert seen twice
+        assert len(messages) == total
+        assert {m["alert_id"] for _, m, _ in messages} == {r["alert_id"] for r in alert_rows(own)}
+
+
+class FailingMidBatch(RaiserAndRelay):
+    """Its producer writes part of a batch, then fails (as a broker that goes away mid-batch)."""
+
+    failures = 1
+
+    def publish_once(self) -> int:
+        producer = self._producer
+        if producer is not None and self.failures:
+            self.failures -= 1
+            send, sent = producer.send, []
+
+            def failing_send(*args: Any, **kwargs: Any) -> Any:
+                if len(sent) == 30:
+                    producer.flush()  # the first 30 are in the log, in the open transaction
+                    raise KafkaTimeoutError("the broker went away mid-batch")
+                sent.append(send(*args, **kwargs))
+                return sent[-1]
+
+            producer.send = failing_send  # type: ignore[method-assign]
+        return super().publish_once()
+
+
+def test_a_producer_failing_mid_batch_leaves_no_duplicate_for_a_read_committed_consumer(settings: Settings) -> None:
+    with world(settings, "midbatch") as own, store_of(own) as store:
+        customers = [new_customer_id() for _ in range(40)]
+        deliver(own, store, [alarm(c, ago(hours=h + 1)) for c in customers for h in range(2)])
+        relay = FailingMidBatch(own, batch=50)
+        with pytest.raises(KafkaTimeoutError):
+            relay.run_once()
+        assert published_count(own) == 0
+        relay_all(own, relay)
+        assert relay.recovered == 0 and relay.published == 80
+        assert len(on_kafka(own, at_least=80)) == 80, "each alert once, read_committed"
+        assert len(on_kafka(own, isolation_level="read_uncommitted")) == 110, "the aborted 30 are in the log"
+
+
+def relay_lock_held(settings: Settings) -> bool:
+    with psycopg.connect(conninfo(settings)) as conn:
+        return bool(conn.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                                 "WHERE l.locktype = 'advisory' AND d.datname = current_database()").fetchone()[0])  # type: ignore[index]
+
+
+def test_two_relays_at_once_publish_each_alert_once_the_earlier_fenced(settings: Settings) -> None:
+    with world(settings, "fenced") as own, store_of(own) as store:
+        customers = [new_customer_id() for _ in range(30)]
+        deliver(own, store, [alarm(c, ago(hours=h + 1)) for c in customers for h in range(4)])
+        first, second = RaiserAndRelay(own, batch=50), RaiserAndRelay(own, batch=500)
+        first.run_once()  # connected, read back, a first batch of 50 published
+        assert published_count(own) == 50
+
+        def take_over() -> None:
+            """`first` lost its lock's connection after sending a batch, before committing it;
+            `second` takes the lock (and fences `first`) and publishes everything."""
+            assert first._lock_conn is not None
+            first._lock_conn.close()
+            wait_for(lambda: not relay_lock_held(own), timeout=30, what="the relay's lock to be free")
+            relay_all(own, second)
+
+        producer = first._producer
+        assert producer is not None
+        flush = producer.flush
+        producer.flush = lambda timeout=None: (flush(timeout), take_over())[0]  # type: ignore[method-assign]
+        with pytest.raises(KafkaError) as refused:
+            first.publish_once()  # its batch sent, its commit refused: fenced
+        assert not isinstance(refused.value, KafkaTimeoutError), refused.value
+        first.close()
+
+        assert second.published == 70 and second.recovered == 0
+        messages = on_kafka(own, at_least=120)
+        assert len(messages) == 120 and {m["alert_id"] for _, m, _ in messages} == {r["alert_id"] for r in alert_rows(own)}
+        assert len(on_kafka(own, isolation_level="read_uncommitted")) == 170, "first's second batch: aborted"
+
+
+def test_a_transaction_another_producer_leaves_open_on_the_topic_delays_the_read_back(settings: Settings) -> None:
+    """What follows an open transaction is hidden from read_committed readers, the read-back too: it
+    waits for the transaction to end rather than take the topic's end for what it can see."""
+    from consumers.ingest import kafka_producer
+
+    with world(settings, "foreign") as own, store_of(own) as store:
+        deliver(own, store, [alarm(new_customer_id(), ago(hours=h + 1)) for h in range(10)])
+        foreign = kafka_producer(own.kafka_client_config, transactional_id=f"not-rapport-{uuid.uuid4().hex}")
+        try:
+            foreign.init_transactions()
+            foreign.begin_transaction()
+            foreign.send(own.alert_topic, key=b"someone", value=b"{}", partition=0)
+            foreign.flush()
+            relay = RaiserAndRelay(own)
+            with pytest.raises(KafkaError, match="left open"):
+                relay.run_once()
+            foreign.abort_transaction()
+        finally:
+            foreign.close()
+        relay_all(own, relay)
+        assert relay.published == 10 and len(on_kafka(own, at_least=10)) == 10
 
 
 def test_a_change_by_the_passing_of_time_raises_an_alert_with_no_new_event(settings: Settings) -> None:
     with world(settings, "time") as own, store_of(own) as store:
         customer = new_customer_id()
-        bought = datetime.now(UTC) - timedelta(days=180) + timedelta(seconds=15)  # at risk 15 s from the start of the test
-        deliver(own, store, [envelope(customer, "call", iso(bought - timedelta(days=1)), CALL),
-                             purchase(customer, iso(bought), "99.99")])
+        # The purchase makes the customer at risk a little after it is projected: four times what one
+        # delivery took here (at least 15 s), so a slow machine projects it first without the test
+        # waiting a fixed minute and a half on a quick one.
+        started = time.monotonic()
+        deliver(own, store, [envelope(customer, "call", iso(datetime.now(UTC) - timedelta(days=181)), CALL)])
+        room = max(15.0, 4 * (time.monotonic() - started))
+        bought = datetime.now(UTC) - timedelta(days=180) + timedelta(seconds=room)
+        the_purchase = purchase(customer, iso(bought), "99.99")
+        deliver(own, store, [the_purchase])
         assert datetime.now(UTC) < bought + timedelta(days=180), "projected before the threshold passed"
         assert alert_rows(own) == [], "not raised ahead of time"
 
         relay = start("alerts", own, RAPPORT_ALERT_RAISE_INTERVAL_SECONDS="0.5")
         try:
-            [(key, message, _)] = on_kafka(own, at_least=1, timeout=60)
+            [(key, message, _)] = on_kafka(own, at_least=1, timeout=240)
         finally:
             stop(relay)
         passed = bought + timedelta(days=180)
         assert (key, message["kind"], message["reason"], message["event_id"]) == (
             customer, "at_risk", "no purchase for 180 days", None)
+        assert message["alert_id"] == time_alert_id(AlertKind.AT_RISK, the_purchase["event_id"]), "named by its anchor"
         assert parse(message["occurred_at"]) == passed
         assert parse(message["raised_at"]) > passed
         assert message["revenue"] == {"USD": "99.99"} and parse(message["last_contact_at"]) == bought
@@ -336,7 +486,7 @@ def test_changes_older_than_the_max_age_when_learnt_of_raise_no_alert(settings: 
         rows = alert_rows(own)
         assert {(r["customer_id"], r["kind"]) for r in rows} == {(recent, "alarm_answer"), (recent, "at_risk")}
         with psycopg.connect(conninfo(own), row_factory=dict_row) as conn:
-            assert raise_due(conn, AlertRelay(own).outbox) == 0, "the raiser finds nothing older either"
+            assert raise_due(conn, RaiserAndRelay(own).outbox) == 0, "the raiser finds nothing older either"
 
     with world(settings, "backfill_longer", alert_max_age_days=60) as own, store_of(own) as store:
         customer = new_customer_id()
@@ -350,7 +500,7 @@ def test_a_rebuild_of_the_lifecycle_read_model_raises_no_alert_and_neither_does_
         deliver(own, store, [alarm(customer, ago(days=2)), purchase(customer, ago(days=185))])
         assert {r["kind"] for r in alert_rows(own)} == {"alarm_answer", "at_risk"}
         with psycopg.connect(conninfo(own), row_factory=dict_row) as conn:
-            raise_due(conn, AlertRelay(own).outbox)
+            raise_due(conn, RaiserAndRelay(own).outbox)
             conn.execute(f"DELETE FROM {ALERTS.name}")  # so that raising any of them again would show
             conn.commit()
 
@@ -358,8 +508,6 @@ def test_a_rebuild_of_the_lifecycle_read_model_raises_no_alert_and_neither_does_
         build_copy(copy)
         report = compare_and_swap(projector(own, store, only=["lifecycle"]), copy)
         assert report.swapped and report.same, report
-        with psycopg.connect(conninfo(own), row_factory=dict_row) as conn:
-            raise_due(conn, AlertRelay(own).outbox)
         projector(own, store).catch_up()
         assert alert_rows(own) == []
 
@@ -383,6 +531,62 @@ def test_a_merge_refolds_a_customer_without_raising_its_alerts_again(settings: S
                                  (by_phone["event_id"],)).fetchall()
         assert owner == [(account,)], "the phone's answer is the account's now (refolded)"
         assert alert_rows(own) == [before], "and its alert was not raised again"
+
+
+def test_a_merge_does_not_raise_a_change_by_time_again_under_the_surviving_customer_id(settings: Settings) -> None:
+    with world(settings, "merge_time") as own, store_of(own) as store:
+        account, email = new_customer_id(), f"m.{uuid.uuid4().hex[:10]}@example.com"
+        by_email = {"event_id": f"order:{uuid.uuid4().hex}", "type": "purchase", "occurred_at": ago(days=185),
+                    "customer": {"email": email}, "source": "tests",
+                    "data": {"order_id": "o-7", "amount": "12.00", "currency": "USD"}}
+        deliver(own, store, [by_email])  # at risk by the passing of time 5 days ago: news, raised at once
+        [before] = alert_rows(own)
+        assert (before["kind"], before["event_id"]) == ("at_risk", None) and before["customer_id"] != account
+        assert before["alert_id"] == time_alert_id(AlertKind.AT_RISK, by_email["event_id"])
+
+        # The account shows the same email on an earlier call: one customer, the account's; the same
+        # purchase is still the latest, so the same change by time.
+        deliver(own, store, [envelope(account, "call", ago(days=200), CALL, email=email)])
+        with psycopg.connect(conninfo(own)) as conn:
+            owner = conn.execute("SELECT DISTINCT customer_id FROM lifecycle_facts WHERE event_id = %s",
+                                 (by_email["event_id"],)).fetchall()
+            [(stage, by_time)] = conn.execute("SELECT stage, event_id IS NULL FROM lifecycle_intervals "
+                                              "WHERE customer_id = %s AND during @> now()", (account,)).fetchall()
+        assert owner == [(account,)] and (stage, by_time) == ("at_risk", True), "refolded under the account"
+        assert alert_rows(own) == [before], "and its change by time was not raised again"
+
+
+def test_an_alarm_answer_dated_a_little_ahead_of_the_database_clock_is_raised_at_once(settings: Settings) -> None:
+    with world(settings, "ahead") as own, store_of(own) as store:
+        ahead, earlier = new_customer_id(), new_customer_id()
+        answer = alarm(ahead, iso(datetime.now(UTC) + timedelta(minutes=2)))
+        deliver(own, store, [answer, alarm(earlier, ago(hours=1))])
+        assert {(r["customer_id"], r["kind"], r["alert_id"]) for r in alert_rows(own, [ahead])} == {
+            (ahead, "alarm_answer", event_alert_id(answer["event_id"]))}, "due at once, as an alarm answer"
+
+        with psycopg.connect(conninfo(own), row_factory=dict_row) as conn:
+            conn.execute(f"DELETE FROM {ALERTS.name} WHERE customer_id = %s", (earlier,))
+            conn.commit()
+            assert raise_due(conn, RaiserAndRelay(own).outbox) == 0, \
+                "the raiser takes changes by time only (an event's at_risk is the projector's, as an alarm answer)"
+        assert alert_rows(own, [earlier]) == []
+
+
+def test_an_alert_published_once_is_not_published_again_when_its_row_comes_back(settings: Settings) -> None:
+    with world(settings, "restored") as own, store_of(own) as store:
+        deliver(own, store, [alarm(new_customer_id(), ago(hours=1))])
+        relay_all(own)
+        [row] = alert_rows(own)
+        with psycopg.connect(conninfo(own)) as conn:  # as a restored database, or a commit lost and made again
+            conn.execute(f"DELETE FROM {ALERTS.name}")
+            conn.execute(f"INSERT INTO {ALERTS.name} (alert_id, customer_id, kind, reason, occurred_at, raised_at, "
+                         "event_id, revenue, last_contact_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                         (row["alert_id"], row["customer_id"], row["kind"], row["reason"], row["occurred_at"],
+                          row["raised_at"], row["event_id"], json.dumps(row["revenue"]), row["last_contact_at"]))
+        again = relay_all(own)
+        assert again.published == 0 and len(on_kafka(own)) == 1
+        [back] = alert_rows(own)
+        assert (back["kafka_partition"], back["kafka_offset"]) == (row["kafka_partition"], row["kafka_offset"])
 
 
 def test_alerts_hold_no_personal_data(settings: Settings) -> None:

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from domain.alerts import AlertKind, alarm_alert, alerts_of, event_alert_id, is_news, time_alert_id
+from domain.alerts import Alert, AlertKind, ChangeByTime, alarm_alert, alerts_of, event_alert_id, time_alert_id
 from domain.lifecycle import LifecycleFact, LifecycleThresholds, lifecycle_history
+from services.alerts import read_back_start
 from services.settings import Settings
 
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
@@ -21,9 +22,17 @@ def fact(day: int, event_type: str, event_id: str, kind: str | None = None, scor
 
 
 def alerts(facts: list[LifecycleFact], customer: str = "crm-1") -> dict[str, tuple[AlertKind, str, datetime]]:
+    """The alerts of these facts, changes by time named by their anchors as the read model names them
+    (the latest fact of the anchor's type by the instant the threshold passed)."""
     history = lifecycle_history(facts, THRESHOLDS)
     found = alerts_of(customer, facts, history, max(f.occurred_at for f in facts))
-    return {a.alert_id: (a.kind, a.reason, a.occurred_at) for a in found}
+    named = [a if isinstance(a, Alert) else a.alert(anchor(facts, a)) for a in found]
+    return {a.alert_id: (a.kind, a.reason, a.occurred_at) for a in named}
+
+
+def anchor(facts: list[LifecycleFact], change: ChangeByTime) -> str:
+    return max(f.key for f in facts if f.occurred_at <= change.passed_at
+               and change.anchor_type in (None, f.type))[1]
 
 
 def test_an_nps_below_6_or_a_csat_below_3_is_an_alarm_answer_and_no_other_score_is() -> None:
@@ -47,15 +56,32 @@ def test_a_second_alarm_answer_while_at_risk_is_another_alert() -> None:
     assert {i for i, a in found.items() if a[0] is AlertKind.ALARM_ANSWER} == {event_alert_id("s1"), event_alert_id("s2")}
 
 
-def test_stages_reached_by_the_passing_of_time_are_named_by_kind_customer_and_instant() -> None:
-    found = alerts([fact(0, "purchase", "p1")])
-    at_risk, churned = T0 + timedelta(days=180), T0 + timedelta(days=365)
+def test_stages_reached_by_the_passing_of_time_are_named_by_kind_and_the_event_whose_age_crossed_the_threshold() -> None:
+    found = alerts([fact(0, "call", "c0"), fact(1, "purchase", "p1"), fact(2, "call", "c2")])
+    at_risk, churned = T0 + timedelta(days=181), T0 + timedelta(days=367)
     assert found == {
-        time_alert_id(AlertKind.AT_RISK, "crm-1", at_risk): (AlertKind.AT_RISK, "no purchase for 180 days", at_risk),
-        time_alert_id(AlertKind.CHURNED, "crm-1", churned): (AlertKind.CHURNED, "no interaction for 365 days", churned),
+        time_alert_id(AlertKind.AT_RISK, "p1"): (AlertKind.AT_RISK, "no purchase for 180 days", at_risk),
+        time_alert_id(AlertKind.CHURNED, "c2"): (AlertKind.CHURNED, "no interaction for 365 days", churned),
     }
-    [alert] = [a for a in alerts_of("crm-1", [], lifecycle_history([fact(0, "call", "c1")], THRESHOLDS), None)]
-    assert alert.due_at == alert.occurred_at + timedelta(microseconds=1), "due just after the threshold passes"
+    [change] = alerts_of("crm-1", [], lifecycle_history([fact(0, "call", "c1")], THRESHOLDS), None)
+    assert isinstance(change, ChangeByTime) and change.anchor_type is None and change.passed_at == churned - timedelta(days=2)
+    assert change.due_at == change.passed_at + timedelta(microseconds=1), "due just after the threshold passes"
+    assert change.alert("c1").due_at == change.due_at and change.alert("c1").event_id is None
+
+
+def test_a_change_by_time_keeps_its_id_under_another_customer_id() -> None:
+    """A merge or a split moves the facts to another customer id: the anchor, so the id, stays."""
+    facts = [fact(0, "call", "c0"), fact(3, "purchase", "p3")]
+    assert set(alerts(facts, "rc-0123")) == set(alerts(facts, "crm-9"))
+
+
+def test_an_alert_caused_by_an_event_is_due_at_once_even_dated_ahead() -> None:
+    alert = alarm_alert("crm-1", fact(0, "survey_response", "s1", "nps", 2), None)
+    assert alert is not None and alert.due_at is None
+    [at_risk] = [a for a in alerts_of("crm-1", [], lifecycle_history([fact(0, "purchase", "p0"),
+                                                                      fact(400, "call", "c1")], THRESHOLDS), None)
+                 if isinstance(a, Alert)]
+    assert (at_risk.kind, at_risk.due_at, at_risk.event_id) == (AlertKind.AT_RISK, None, "c1")
 
 
 def test_coming_back_from_churned_into_at_risk_by_an_event_is_an_at_risk_alert_named_by_the_event() -> None:
@@ -87,14 +113,12 @@ def test_reasons_hold_only_kinds_scores_types_and_thresholds() -> None:
         assert allowed.fullmatch(reason), (kind, reason)
 
 
-def test_a_change_is_news_once_due_and_until_max_age_after_it_happened() -> None:
-    [alert] = alerts_of("crm-1", [], lifecycle_history([fact(0, "call", "c1")], THRESHOLDS), None)
-    at, day = alert.occurred_at, timedelta(days=1)
-    assert not is_news(alert, at, 30 * day), "the threshold has only just been reached, not passed"
-    assert is_news(alert, alert.due_at, 30 * day)
-    assert is_news(alert, at + 30 * day, 30 * day)
-    assert not is_news(alert, at + 30 * day + timedelta(microseconds=1), 30 * day), "older than max_age: backfill"
-    assert not is_news(alert, at + day, timedelta(0))
+def test_a_partition_is_read_back_from_its_recorded_offset_or_from_its_start_when_that_means_nothing() -> None:
+    assert read_back_start(None, 0, 10) == 0, "nothing recorded"
+    assert read_back_start(7, 0, 10) == 7
+    assert read_back_start(10, 0, 10) == 10, "at the end: nothing to read"
+    assert read_back_start(7, 9, 12) == 9, "retention removed messages from 7"
+    assert read_back_start(50, 0, 3) == 0, "the end is below the recorded offset: the topic was recreated"
 
 
 def test_the_alerts_topic_defaults_beside_the_topic_and_must_be_another() -> None:

@@ -190,6 +190,7 @@ def test_the_alerts_channel_says_alerts_are_published_with_the_settings_rapport_
     assert all(f"RAPPORT_{name.upper()}" in alerts["description"] for name in ("alerts_topic", "alert_max_age_days"))
     assert f"`RAPPORT_ALERT_MAX_AGE_DAYS` ({DEFAULTS.alert_max_age_days})" in alerts["description"]
     assert "`<RAPPORT_TOPIC>.alerts`" in alerts["description"] and DEFAULTS.alert_topic == f"{DEFAULTS.topic}.alerts"
+    assert "`isolation_level=read_committed`" in alerts["description"], "consumers must skip aborted transactions"
 
 
 def alert_row() -> dict[str, Any]:
@@ -204,14 +205,15 @@ def alert_row() -> dict[str, Any]:
 
 
 def test_the_alert_schema_is_what_the_relay_publishes() -> None:
-    from services.alerts import ALERT_ID_HEADER, ALERT_SEQ_HEADER, alert_json
+    from services.alerts import ALERT_ID_HEADER, ALERT_SEQ_HEADER, ALERT_SOURCE_HEADER, alert_json
 
     message = message_of(DEFAULTS.alert_topic)
     schema = resolve(message["payload"]["$ref"])
     written = alert_json(alert_row())
     assert list(schema["properties"]) == list(written) == schema["required"]
     assert Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER).is_valid(written)
-    assert message["headers"]["required"] == [ALERT_ID_HEADER, ALERT_SEQ_HEADER] == list(message["headers"]["properties"])
+    headers = [ALERT_ID_HEADER, ALERT_SEQ_HEADER, ALERT_SOURCE_HEADER]
+    assert message["headers"]["required"] == headers == list(message["headers"]["properties"])
 
 
 def test_the_alert_examples_are_valid_by_the_alert_schema() -> None:
