@@ -91,7 +91,8 @@ class AlertOutbox:
     """Writes alerts into `alerts` in the caller's transaction; `max_age`: the backfill cut-off
     (setting RAPPORT_ALERT_MAX_AGE_DAYS)."""
 
-    def __init__(self, max_age: timedelta = DEFAULT_MAX_AGE) -> None:
+    def __init__(self, facts: Table, max_age: timedelta = DEFAULT_MAX_AGE) -> None:
+        self.facts = facts  # the lifecycle read model's facts (its module builds this outbox: no import back)
         self.max_age = max_age
         self._revenue_table_found = False
 
@@ -140,11 +141,9 @@ class AlertOutbox:
         (of its type) by the instant its threshold passed."""
         if not changes:
             return []
-        from projections.lifecycle import FACTS  # lifecycle imports this module
-
         curs.execute(
             "SELECT a.n, (SELECT f.event_id FROM "  # noqa: S608 - names from constants
-            f"{qualified(LIVE_SCHEMA, FACTS.name)} f WHERE f.customer_id = a.customer_id AND f.occurred_at <= a.occurred_at "
+            f"{qualified(LIVE_SCHEMA, self.facts.name)} f WHERE f.customer_id = a.customer_id AND f.occurred_at <= a.occurred_at "
             "AND (a.anchor_type IS NULL OR f.type = a.anchor_type) ORDER BY f.occurred_at DESC, f.event_id DESC LIMIT 1"
             ") AS anchor\n"
             "FROM unnest(%s::int[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[]) "

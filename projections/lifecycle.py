@@ -141,7 +141,7 @@ class Lifecycle(ReadModel):
         super().__init__(schema, settings)
         self.thresholds = self.settings.thresholds
         # Only the live copy raises alerts (projections/alerts.py): a rebuild or a replay tells no one.
-        self.alerts = AlertOutbox(self.settings.alert_max_age) if schema == LIVE_SCHEMA else None
+        self.alerts = AlertOutbox(FACTS, self.settings.alert_max_age) if schema == LIVE_SCHEMA else None
         self._upsert_folds = FOLDS.insert_sql(schema, "DO UPDATE SET fold = excluded.fold")
         self._interval_columns = [c.name for c in INTERVALS.columns if c.name != "during"]
         columns = ", ".join(self._interval_columns)

@@ -188,7 +188,7 @@ class RaiserAndRelay:
         self.settings = settings
         self.topic = settings.alert_topic
         self.batch = batch
-        self.outbox = AlertOutbox(settings.alert_max_age)
+        self.outbox = AlertOutbox(lifecycle.FACTS, settings.alert_max_age)
         self._conninfo = conninfo(settings)
         self._conn: psycopg.Connection[Any] | None = None
         self._lock_conn: psycopg.Connection[Any] | None = None
