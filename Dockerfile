@@ -1,4 +1,4 @@
-# Rapport's processes (rapport ingest | projector | api); see docker-compose.yml.
+# Rapport's processes (rapport ingest | projector | api | alerts | value refresh); see docker-compose.yml.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
