@@ -93,16 +93,19 @@ class ValueModel:
                    GammaGamma(row["p"], row["q"], row["gamma"]))
 
 
-# Per customer, from their purchase days (UTC) in one currency up to a moment, of one source or all:
-# repeat days, days first → latest, days first → the period's end, the average repeat day, revenue.
-_HISTORIES_SQL = f"""
-WITH days AS (
-    SELECT customer_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, sum(amount) AS amount
+# One customer's purchase days (UTC) in one currency up to a moment, of one source or all: what both
+# the value model (the papers count purchases per day) and RFM (frequency in purchase days) start from.
+_PURCHASE_DAYS = f"""days AS (
+    SELECT customer_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, sum(amount) AS amount, max(occurred_at) AS at
     FROM {PURCHASES.name}
-    WHERE currency = %(currency)s AND occurred_at <= %(end)s
-      AND (%(source)s::text IS NULL OR source = %(source)s)
+    WHERE currency = %(currency)s AND occurred_at <= %(end)s AND (%(source)s::text IS NULL OR source = %(source)s)
     GROUP BY 1, 2
-)
+)"""  # noqa: S608 - names from constants
+
+# Per customer: repeat days, days first → latest, days first → the period's end, the average repeat
+# day, the first day, revenue.
+_HISTORIES_SQL = f"""
+WITH {_PURCHASE_DAYS}
 SELECT customer_id, count(*) - 1 AS repeat_days, max(day) - min(day) AS recency_days,
        %(end_day)s::date - min(day) AS age_days,
        coalesce((sum(amount) - (array_agg(amount ORDER BY day))[1]) / nullif(count(*) - 1, 0), 0) AS monetary,
@@ -180,11 +183,8 @@ def model_json(model: ValueModel, rfc3339: Any) -> dict[str, Any]:
 # RFM of every customer with purchases in a currency up to a moment: scores are quintiles where equal
 # values share a score (1 + ⌊5 × customers with a worse value / customers⌋), named by domain.segments.
 _RFM_SQL = f"""
-WITH days AS (
-    SELECT customer_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, sum(amount) AS amount, max(occurred_at) AS at
-    FROM {PURCHASES.name} WHERE currency = %(currency)s AND occurred_at <= %(as_of)s GROUP BY 1, 2
-), customers AS (
-    SELECT customer_id, %(as_of_day)s::date - max(day) AS recency_days, count(*) AS frequency, sum(amount) AS monetary,
+WITH {_PURCHASE_DAYS}, customers AS (
+    SELECT customer_id, %(end_day)s::date - max(day) AS recency_days, count(*) AS frequency, sum(amount) AS monetary,
            max(at) AS last_purchase_at
     FROM days GROUP BY customer_id
 ), scored AS (
@@ -200,8 +200,8 @@ SELECT s.*, m.segment FROM scored s JOIN unnest(%(map_r)s::int[], %(map_f)s::int
 
 def _rfm_params(currency: str, as_of: datetime) -> dict[str, Any]:
     grid = segment_rules.segment_map()
-    return {"currency": currency, "as_of": as_of, "as_of_day": as_of.astimezone(UTC).date(), "map_r": [g[0] for g in grid],
-            "map_f": [g[1] for g in grid], "map_segment": [g[2] for g in grid]}
+    return {"currency": currency, "end": as_of, "end_day": as_of.astimezone(UTC).date(), "source": None,
+            "map_r": [g[0] for g in grid], "map_f": [g[1] for g in grid], "map_segment": [g[2] for g in grid]}
 
 
 def segment_counts(conn: psycopg.Connection[Any], currency: str, as_of: datetime) -> list[dict[str, Any]]:
